@@ -1,0 +1,1 @@
+"""LC / SC / Ladon measurements: latency, GMAC, peak memory, reports and plots."""

@@ -1,0 +1,1 @@
+"""INT8 calibration data, QDQ models and TensorRT calibration caches."""

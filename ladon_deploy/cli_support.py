@@ -1,0 +1,83 @@
+"""What every ladon-* command shares: one-line errors, exit codes, step timing tables.
+
+On the edge import path (ladon-run mobile runs on the device): Python 3.6-clean, standard library only.
+"""
+import argparse
+import os
+import sys
+import time
+import traceback
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from ladon_deploy.errors import LadonError
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(LadonError):
+    """A command line that cannot be run as given."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (through UsageError) instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def run_command(prog: str, main: Callable[[Optional[Sequence[str]]], int],
+                argv: Optional[Sequence[str]] = None) -> int:
+    """Runs a command's main, turning every failure into one line on stderr and an exit code.
+
+    LadonError (bad input) -> 2; KeyboardInterrupt -> 130; anything else is a bug -> 1 (LADON_DEBUG=1 shows it).
+    """
+    try:
+        return int(main(argv) or EXIT_OK)
+    except LadonError as exc:
+        sys.stderr.write("%s: error: %s\n" % (prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("%s: interrupted\n" % prog)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if os.environ.get("LADON_DEBUG"):
+            traceback.print_exc()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        sys.stderr.write("%s: internal error: %s: %s (set LADON_DEBUG=1 for the traceback)\n"
+                         % (prog, type(exc).__name__, first_line))
+        return EXIT_INTERNAL
+
+
+class StepTimer(object):
+    """Collects named wall-clock durations and renders them as a table."""
+
+    def __init__(self) -> None:
+        self.steps = []  # type: List[Tuple[str, float]]
+
+    def add(self, name: str, seconds: float) -> None:
+        self.steps.append((name, seconds))
+
+    def measure(self, name: str):
+        timer = self
+
+        class _Measure(object):
+            def __enter__(self):
+                self.started = time.perf_counter()
+                return self
+
+            def __exit__(self, *exc_info):
+                timer.add(name, time.perf_counter() - self.started)
+
+        return _Measure()
+
+    def table(self, unit: str = "s") -> str:
+        scale = 1000.0 if unit == "ms" else 1.0
+        width = max([len(name) for name, _ in self.steps] + [5])
+        lines = ["%-*s  %10s" % (width, "step", unit)]
+        for name, seconds in self.steps:
+            lines.append("%-*s  %10.3f" % (width, name, seconds * scale))
+        lines.append("%-*s  %10.3f" % (width, "total", sum(s for _, s in self.steps) * scale))
+        return "\n".join(lines)

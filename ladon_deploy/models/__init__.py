@@ -1,0 +1,1 @@
+"""Ladon and baseline models, and safe checkpoint loading (torch side only)."""
