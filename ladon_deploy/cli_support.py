@@ -39,6 +39,10 @@ def run_command(prog: str, main: Callable[[Optional[Sequence[str]]], int],
     except LadonError as exc:
         sys.stderr.write("%s: error: %s\n" % (prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`| head`); nothing more can be printed and there is nothing to report.
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         sys.stderr.write("%s: interrupted\n" % prog)
         return EXIT_INTERRUPTED

@@ -1,0 +1,275 @@
+"""Image decoding and preprocessing for the mobile stage, in numpy + Pillow only.
+
+The model was evaluated on tensors produced by torchvision, so this module reproduces that arithmetic rather
+than "something equivalent": a different resize kernel or rounding order moves the latent, and with it the
+entropy-coded payload and the task accuracy.
+
+Two policies:
+
+- ``"longer_side"`` (default): torchvision's ``GeneralizedRCNNTransform(min_size=size, max_size=size, mean, std)`` applied
+  to ``to_tensor(image)``, in eval mode and eager (not scripted/traced) execution: normalize, bilinear resize so
+  the longer side becomes ``size`` (aspect ratio kept), zero-pad bottom/right to a multiple of 32.
+- ``"square"``: normalize, then bilinear resize to exactly ``size`` x ``size``; no padding.
+
+Image loading is ``PIL.Image.open(...).convert("RGB")``, which is what the torchvision reference datasets do:
+alpha is dropped (not composited), CMYK/palette/grayscale go through Pillow's own conversion, only the first
+frame of an animated file is used, and EXIF orientation is NOT applied (the reference never called
+``ImageOps.exif_transpose``, so a rotated phone JPEG is seen exactly as the evaluated model would see it).
+
+On the edge import path: Python 3.6 / numpy 1.19 clean, never imports torch.
+"""
+
+import io
+import math
+import os
+import struct
+import warnings
+import zlib
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from ladon_deploy.errors import ImageError
+
+POLICY_LONGER_SIDE = "longer_side"
+POLICY_SQUARE = "square"
+POLICIES = (POLICY_LONGER_SIDE, POLICY_SQUARE)
+
+DEFAULT_SIZE = 416
+SIZE_DIVISIBLE = 32
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Pillow's own default bomb threshold; ours can only be tighter, because Pillow still applies its own limit.
+DEFAULT_MAX_PIXELS = 89478485
+
+# Pillow's plugins report corrupt data through a mix of exception types, not only OSError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error)
+
+ImageSource = Union[str, bytes, bytearray, memoryview, os.PathLike, Image.Image]
+
+
+class Preprocessed(object):
+    """The network input and the sizes needed to map results back to the original image.
+
+    ``tensor``: float32 array [1, 3, Hp, Wp] (padded); ``original_size``: (H, W) of the decoded image;
+    ``resized_size``: (H, W) of the resized image before padding (the region holding real pixels).
+    """
+
+    __slots__ = ("tensor", "original_size", "resized_size")
+
+    def __init__(self, tensor: np.ndarray, original_size: Tuple[int, int], resized_size: Tuple[int, int]) -> None:
+        self.tensor = tensor
+        self.original_size = original_size
+        self.resized_size = resized_size
+
+    @property
+    def padded_size(self) -> Tuple[int, int]:
+        return int(self.tensor.shape[2]), int(self.tensor.shape[3])
+
+    def __repr__(self) -> str:
+        return "Preprocessed(tensor=float32%s, original_size=%s, resized_size=%s)" % (
+            list(self.tensor.shape), self.original_size, self.resized_size)
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<%d bytes>" % len(source)
+    try:
+        return os.fspath(source)  # type: ignore[arg-type]
+    except TypeError:
+        return "<%s>" % type(source).__name__
+
+
+def load_image(source: ImageSource, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``source`` (path, encoded bytes or a PIL image) into a fully loaded RGB PIL image.
+
+    Raises ImageError for missing, empty, unreadable, corrupt or truncated files and for images with more than
+    ``max_pixels`` pixels (checked from the header, before the pixel data is decoded).
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, "<PIL image>", max_pixels)
+    name = _describe(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("image data is empty (0 bytes)")
+        fp = io.BytesIO(bytes(source))
+    else:
+        try:
+            path = os.fspath(source)  # type: ignore[arg-type]
+        except TypeError:
+            raise ImageError("cannot read an image from a %s" % type(source).__name__)
+        if not os.path.exists(path):
+            raise ImageError("%s: no such file" % name)
+        if os.path.isdir(path):
+            raise ImageError("%s: is a directory, not an image file" % name)
+        try:
+            if os.path.getsize(path) == 0:
+                raise ImageError("%s: file is empty (0 bytes)" % name)
+            fp = open(path, "rb")
+        except OSError as exc:
+            raise ImageError("%s: cannot open: %s" % (name, exc.strerror or exc))
+    try:
+        # Pillow only warns between 1x and 2x its limit; a warning would let a bomb through, so make it an error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                image = Image.open(fp)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ImageError("%s: image is too large to decode safely (%s)" % (name, exc))
+            except _DECODE_ERRORS:
+                raise ImageError("%s: not a readable image file (unknown format or corrupt header)" % name)
+            # Pillow does not close a file object it was handed (the finally below does); closing the image
+            # instead would also discard the pixels of an image that is already RGB.
+            return _to_rgb(image, name, max_pixels)
+    finally:
+        fp.close()
+
+
+def _to_rgb(image: Image.Image, name: str, max_pixels: Optional[int]) -> Image.Image:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError("%s: image has no pixels (%dx%d)" % (name, width, height))
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError("%s: image is %dx%d = %d pixels, more than the limit of %d" % (
+            name, width, height, width * height, max_pixels))
+    try:
+        # load() before convert() so that truncation surfaces here as an error instead of inside convert().
+        image.load()
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+    except _DECODE_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError("%s: cannot decode %s image: %s" % (name, image.format or image.mode, reason))
+    return rgb
+
+
+def resized_size(height: int, width: int, size: int = DEFAULT_SIZE, policy: str = POLICY_LONGER_SIDE) -> Tuple[int, int]:
+    """The (H, W) the image is resized to before padding, exactly as torchvision computes it."""
+    _check_params(size, policy)
+    if policy == POLICY_SQUARE:
+        return size, size
+    # Eager torchvision computes the scale in Python floats (double), and F.interpolate truncates
+    # in_size * scale_factor; double rounding makes the long side size-1 for some sizes (e.g. 360 -> 415).
+    scale = min(float(size) / min(height, width), float(size) / max(height, width))
+    return int(height * scale), int(width * scale)
+
+
+def _check_params(size: int, policy: str) -> None:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError("size must be a positive integer, got %r" % (size,))
+    if policy not in POLICIES:
+        raise ValueError("unknown preprocessing policy %r (expected one of %s)" % (policy, ", ".join(POLICIES)))
+
+
+def _linear_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of torch's CPU upsample_bilinear2d (align_corners=False) along one axis.
+
+    Follows ATen's ``area_pixel_compute_source_index`` and ``guard_index_and_lambda`` in float32, so the
+    weights are bit-identical to torch's.
+    """
+    if out_size == in_size:
+        idx = np.arange(out_size, dtype=np.int64)
+        return idx, idx, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+    ratio = np.float32(in_size) / np.float32(out_size)
+    # torch's compiled kernel contracts `ratio * (dst + 0.5) - 0.5` into one fused multiply-add (a single
+    # float32 rounding). Plain float32 numpy rounds twice and moves lambdas by up to 1 ulp of the source
+    # index (~1.5e-5 near 256), i.e. output errors of ~6e-5. In float64 the product of a 24-bit ratio and a
+    # half-integer < 2**24 and the subtraction are exact, so one cast to float32 rounds exactly like the FMA.
+    dst = np.arange(out_size, dtype=np.float64)
+    src = (np.float64(ratio) * (dst + 0.5) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0.0))
+    idx0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    lam1 = np.clip(src - idx0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
+    idx1 = idx0 + (idx0 < in_size - 1).astype(np.int64)
+    lam0 = (np.float32(1.0) - lam1).astype(np.float32)
+    return idx0, idx1, lam0, lam1
+
+
+def _interpolate(chw: np.ndarray, rows: Tuple[np.ndarray, ...], cols: Tuple[np.ndarray, ...]) -> np.ndarray:
+    r0, r1, rl0, rl1 = rows
+    c0, c1, cl0, cl1 = cols
+    # ATen's Interpolate<2> blends along W within each source row, then blends the two rows; its compiled
+    # form is `fma(t0, w0, t1 * w1)` at both levels. Forming that in float64 (a float32 product is exact there)
+    # and rounding once reproduces torch's CPU output bit for bit, where plain float32 is off by 1-2 ulp.
+    # An axis whose size does not change is an exact identity (weights 1 and 0); skipping it keeps a 416x416
+    # photo's preprocessing to a normalize.
+    horiz = chw if _is_identity(cols, chw.shape[2]) else _fma32(chw[:, :, c0], cl0, chw[:, :, c1] * cl1)
+    if _is_identity(rows, horiz.shape[1]):
+        return horiz
+    return _fma32(horiz[:, r0, :], rl0[:, None], horiz[:, r1, :] * rl1[:, None])
+
+
+def _is_identity(taps: Tuple[np.ndarray, ...], in_size: int) -> bool:
+    idx0, _, _, lam1 = taps
+    return len(idx0) == in_size and not lam1.any() and bool((idx0 == np.arange(in_size)).all())
+
+
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return (a.astype(np.float64) * b.astype(np.float64) + c).astype(np.float32)
+
+
+def resize_bilinear(chw: np.ndarray, out_height: int, out_width: int) -> np.ndarray:
+    """Resize a float32 [C, H, W] array like ``F.interpolate(mode="bilinear", align_corners=False)`` on CPU."""
+    if chw.ndim != 3:
+        raise ValueError("expected a [C, H, W] array, got shape %s" % (chw.shape,))
+    if out_height < 1 or out_width < 1:
+        raise ValueError("output size must be positive, got %dx%d" % (out_height, out_width))
+    chw = np.asarray(chw, dtype=np.float32)
+    rows = _linear_taps(chw.shape[1], out_height)
+    cols = _linear_taps(chw.shape[2], out_width)
+    return _interpolate(chw, rows, cols)
+
+
+def _compact(taps: Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> Tuple[np.ndarray, Tuple[np.ndarray, ...]]:
+    """The distinct source indices an axis reads, and the taps re-expressed as positions in that list."""
+    idx0, idx1, lam0, lam1 = taps
+    used = np.unique(np.concatenate([idx0, idx1]))
+    return used, (np.searchsorted(used, idx0), np.searchsorted(used, idx1), lam0, lam1)
+
+
+def preprocess_array(rgb: np.ndarray, size: int = DEFAULT_SIZE, policy: str = POLICY_LONGER_SIDE,
+                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                     size_divisible: int = SIZE_DIVISIBLE) -> Preprocessed:
+    """Preprocess an RGB uint8 [H, W, 3] array (as ``np.asarray(pil_rgb_image)`` gives)."""
+    _check_params(size, policy)
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ImageError("expected an RGB uint8 array of shape [H, W, 3], got %s %s" % (rgb.dtype, rgb.shape))
+    height, width = int(rgb.shape[0]), int(rgb.shape[1])
+    if height < 1 or width < 1:
+        raise ImageError("image has no pixels (%dx%d)" % (width, height))
+    out_h, out_w = resized_size(height, width, size, policy)
+    if out_h < 1 or out_w < 1:
+        raise ImageError("image %dx%d is too elongated: it would resize to %dx%d" % (width, height, out_w, out_h))
+
+    # A downscale reads at most two source rows/columns per output pixel, so normalizing only those (exactly
+    # the values torchvision's full-image normalize would produce there) keeps memory at the output's scale
+    # even for a 50-megapixel photo on a 4 GB Jetson.
+    used_rows, rows = _compact(_linear_taps(height, out_h))
+    used_cols, cols = _compact(_linear_taps(width, out_w))
+    block = rgb[used_rows][:, used_cols].transpose(2, 0, 1).astype(np.float32)
+    block /= np.float32(255.0)
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std32 = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    block = (block - mean32) / std32
+    resized = _interpolate(block, rows, cols)
+
+    if policy == POLICY_LONGER_SIDE and size_divisible > 1:
+        pad_h = int(math.ceil(float(out_h) / size_divisible) * size_divisible)
+        pad_w = int(math.ceil(float(out_w) / size_divisible) * size_divisible)
+    else:
+        pad_h, pad_w = out_h, out_w
+    tensor = np.zeros((1, 3, pad_h, pad_w), dtype=np.float32)
+    tensor[0, :, :out_h, :out_w] = resized
+    return Preprocessed(tensor, (height, width), (out_h, out_w))
+
+
+def preprocess(source: ImageSource, size: int = DEFAULT_SIZE, policy: str = POLICY_LONGER_SIDE,
+               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+               size_divisible: int = SIZE_DIVISIBLE, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
+               ) -> Preprocessed:
+    """Load ``source`` (path, encoded bytes or PIL image) and preprocess it; see the module docstring."""
+    _check_params(size, policy)
+    image = load_image(source, max_pixels=max_pixels)
+    return preprocess_array(np.asarray(image), size, policy, mean, std, size_divisible)

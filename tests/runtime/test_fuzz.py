@@ -1,0 +1,201 @@
+"""Fuzzing unpack + decode: a mutated payload must decode to the declared shape or raise a LadonError, never crash,
+hang or raise anything else.
+
+Most mutations break the CRC and stop at unpack; the forged ones carry a recomputed valid CRC, so header checks alone
+must stop them, or they reach the rANS decoder with garbage (which, unguarded, crashes the process). Torch-free on
+purpose: the coder runs on synthetic tables, as on an edge device without torch.
+"""
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from ladon_deploy.errors import LadonError, PayloadError
+from ladon_deploy.runtime.entropy import EntropyCoder
+from ladon_deploy.runtime.wire import HEADER_SIZE, Payload, pack, unpack
+
+SEED = 20250301
+CASES = 20000
+BUNDLE = "0badc0de"
+CHANNELS = 24
+SHAPE = (CHANNELS, 16, 16)
+MAX_SYMBOLS = 1 << 18  # what a Ladon server would allow: its 416x416 latent has 254,616 symbols
+HEADER = struct.Struct("<3sB4s7HBI")
+
+
+def synthetic_tables(rng, channels):
+    """Quantized CDFs of discretized Laplacians with a random tail (escape) mass, CompressAI's table layout."""
+    rows = []
+    offsets = []
+    for _ in range(channels):
+        minima, maxima = int(rng.integers(1, 15)), int(rng.integers(1, 15))
+        support = np.arange(-minima, maxima + 1)
+        pmf = np.exp(-np.abs(support) / rng.uniform(0.3, 3.0))
+        tail = rng.uniform(1e-9, 0.05)
+        probabilities = np.append(pmf / pmf.sum() * (1 - tail), tail)
+        frequencies = np.maximum(1, np.round(probabilities * 65536)).astype(np.int64)
+        frequencies[np.argmax(frequencies)] += 65536 - frequencies.sum()
+        rows.append(np.concatenate([[0], np.cumsum(frequencies)]))
+        offsets.append(-minima)
+    lmax = max(len(row) for row in rows)
+    cdf = np.zeros((channels, lmax), np.int32)
+    for index, row in enumerate(rows):
+        cdf[index, :len(row)] = row
+    return {"quantized_cdf": cdf, "cdf_length": np.array([len(row) for row in rows], np.int32),
+            "offset": np.array(offsets, np.int32), "medians": rng.normal(0, 2, channels).astype(np.float32)}
+
+
+def reframe(fields, body):
+    """A payload from raw header fields and body, with a valid CRC."""
+    framed = HEADER.pack(*fields) + body
+    return framed + struct.pack("<I", zlib.crc32(framed) & 0xFFFFFFFF)
+
+
+def valid_state(body):
+    state = (int.from_bytes(body[:8], "little") % (1 << 63)) | (1 << 31)
+    return state.to_bytes(8, "little") + body[8:]
+
+
+def random_words(rng, count):
+    return rng.integers(0, 256, 4 * count, dtype=np.uint8).tobytes()
+
+
+def forge_once(rng, fields, body):
+    """One change to the header fields (a list, changed in place) and/or the body; returns the body and whether
+    the declared body length was set on purpose (otherwise it is made to match)."""
+    kind = int(rng.integers(0, 13))
+    if kind == 0:  # any header field to any value its width allows
+        index = int(rng.integers(1, len(fields)))
+        if index == 2:
+            fields[2] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        elif index == 1 or index == 10:
+            fields[index] = int(rng.integers(0, 256))
+        elif index == 11:
+            fields[11] = int(rng.integers(0, 1 << 32))
+        else:
+            fields[index] = int(rng.choice([0, 1, 2, int(rng.integers(0, 65536)), 65535]))
+        return body, index == 11
+    if kind == 1:  # huge declared body length
+        fields[11] = int(rng.choice([len(body) + 4, 1 << 20, (1 << 26) + 1, (1 << 32) - 1]))
+        return body, True
+    if kind == 2:  # huge shapes
+        fields[3:6] = [int(rng.choice([CHANNELS, 65535])), int(rng.integers(100, 65536)),
+                       int(rng.integers(100, 65536))]
+    elif kind == 3:  # wrong bundle
+        fields[2] = bytes.fromhex("5e6f7a8b")
+    elif kind == 4:  # zero sizes
+        fields[int(rng.integers(3, 10))] = 0
+    elif kind == 5:  # unknown or no task bits
+        fields[10] = int(rng.choice([0, 8, 0x10, 0x80, 0xFF, 0b1001]))
+    elif kind == 6:  # a latent shape that does not match the body (often decodable garbage)
+        fields[3] = CHANNELS if rng.random() < 0.8 else int(rng.integers(1, 64))
+        fields[4:6] = [int(rng.integers(1, 110)), int(rng.integers(1, 110))]
+        fields[7:9] = [fields[4] * 4, fields[5] * 4]
+    elif kind == 7:  # random words, the rANS state made plausible half the time
+        body = random_words(rng, int(rng.integers(0, 700)))
+        if rng.random() < 0.5 and len(body) >= 8:
+            body = valid_state(body)
+    elif kind == 8:  # the body's bits flipped here and there
+        mutable = bytearray(body)
+        for _ in range(int(rng.integers(1, 9))):
+            mutable[int(rng.integers(0, len(mutable)))] ^= 1 << int(rng.integers(0, 8))
+        body = bytes(mutable)
+    elif kind == 9:  # all ones (the longest escape-length runs) or all zeros, plausible state
+        filler = b"\xff" if rng.random() < 0.5 else b"\x00"
+        body = valid_state(filler * (4 * int(rng.integers(2, 7 * int(np.prod(SHAPE)) // 4))))
+    elif kind == 10:  # body cut or grown by whole words
+        if rng.random() < 0.5:
+            body = body[:4 * int(rng.integers(0, len(body) // 4))]
+        else:
+            body = body + random_words(rng, int(rng.integers(1, 64)))
+    elif kind == 11:  # a short body declared as a large latent
+        body = valid_state(random_words(rng, int(rng.integers(2, 40))))
+        fields[4:6] = [int(rng.integers(50, 105)), int(rng.integers(50, 105))]
+        fields[7:9] = [fields[4] * 4, fields[5] * 4]
+    else:  # resized size beyond the padded input
+        fields[7] = min(65535, fields[4] * 4 + int(rng.integers(5, 1000)))
+    return body, False
+
+
+def forged(rng, fields, body):
+    """Header fields and/or body changed (once, or twice), CRC recomputed."""
+    fields = list(fields)
+    length_set = False
+    for _ in range(1 if rng.random() < 0.8 else 2):
+        body, changed = forge_once(rng, fields, body)
+        length_set = length_set or changed
+    if not length_set:
+        fields[11] = len(body)
+    return reframe(fields, body)
+
+
+def mutate(rng, data, fields, body):
+    kind = int(rng.integers(0, 10))  # half of them forged: those are the ones that reach the decoder
+    if kind == 0:  # bit flips anywhere
+        mutable = bytearray(data)
+        for _ in range(int(rng.integers(1, 9))):
+            mutable[int(rng.integers(0, len(mutable)))] ^= 1 << int(rng.integers(0, 8))
+        return "flip", bytes(mutable)
+    if kind == 1:
+        return "truncate", data[:int(rng.integers(0, len(data)))]
+    if kind == 2:
+        return "extend", data + rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+    if kind == 3:
+        noise = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
+        return "random", (data[:4] + noise) if rng.random() < 0.5 else noise
+    if kind == 4:  # a slice overwritten
+        start = int(rng.integers(0, len(data)))
+        stop = min(len(data), start + int(rng.integers(1, 32)))
+        return "splice", data[:start] + rng.integers(0, 256, stop - start, dtype=np.uint8).tobytes() + data[stop:]
+    return "forged", forged(rng, fields, body)
+
+
+@pytest.mark.slow
+def test_mutated_payloads_decode_or_raise_ladon_errors():
+    rng = np.random.default_rng(SEED)
+    coder = EntropyCoder.from_tables(synthetic_tables(rng, CHANNELS))
+    y = (rng.standard_normal(SHAPE) * 2.5 + coder.medians.reshape(-1, 1, 1)).astype(np.float32)[None]
+    body = coder.compress(y)
+    data = pack(Payload(BUNDLE, SHAPE, (48, 60), (64, 64), ("cls", "det", "seg"), body))
+    fields = HEADER.unpack(data[:HEADER_SIZE])
+    np.testing.assert_array_equal(coder.decompress(unpack(data, BUNDLE).body, SHAPE), coder.dequantize(coder.quantize(y)))
+
+    outcomes = {}
+    started = time.perf_counter()
+    for case in range(CASES):
+        kind, mutated = mutate(rng, data, fields, body)
+        try:
+            try:
+                payload = unpack(mutated, expected_bundle_id=BUNDLE, max_symbols=MAX_SYMBOLS)
+            except PayloadError:
+                outcome = "rejected by unpack"
+            else:
+                try:
+                    symbols = coder.decode(payload.body, payload.latent_shape)
+                except LadonError:
+                    outcome = "rejected by decode"
+                else:
+                    assert symbols.shape == payload.latent_shape and symbols.dtype == np.int32
+                    outcome = "decoded" if payload.body == body and payload.latent_shape == SHAPE else "decoded garbage"
+        except Exception as exc:  # anything but a LadonError is a bug: report the reproducible case
+            pytest.fail("case %d (%s, seed %d) raised %r" % (case, kind, SEED, exc))
+        key = (kind, outcome)
+        outcomes[key] = outcomes.get(key, 0) + 1
+    elapsed = time.perf_counter() - started
+
+    summary = ", ".join("%s/%s: %d" % (kind, outcome, count) for (kind, outcome), count in sorted(outcomes.items()))
+    print("%d cases in %.1f s: %s" % (CASES, elapsed, summary))
+
+    def total(kind=None, outcome=None):
+        return sum(count for (k, o), count in outcomes.items()
+                   if (kind is None or k == kind) and (outcome is None or o == outcome))
+
+    assert total() == CASES
+    # The fuzz must reach the decoder with garbage often, and the checks before it must be doing work too.
+    assert total("forged", "decoded garbage") >= 2000
+    assert total("forged", "rejected by decode") >= 200
+    assert total("forged", "rejected by unpack") >= 2000
+    for kind in ("flip", "truncate", "extend", "random", "splice"):
+        assert total(kind, "rejected by unpack") >= 0.95 * total(kind)
