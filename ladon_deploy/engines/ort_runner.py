@@ -53,6 +53,13 @@ class OnnxRuntimeRunner(Runner):
     def output_names(self) -> List[str]:
         return list(self._outputs)
 
+    def input_shape(self, name: str) -> List[object]:
+        """The declared shape of an input: ints for static dimensions, names (str) for dynamic ones."""
+        for value in self._session.get_inputs():
+            if value.name == name:
+                return list(value.shape)
+        raise EngineError("the model has no input %r" % name)
+
     def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if self._session is None:
             raise EngineError("runner is closed")

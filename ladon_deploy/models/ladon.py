@@ -205,5 +205,41 @@ def build_demo_model(arch: str = "resnet50", tasks: Sequence[str] = TASKS, seed:
             predictor = model.detection.roi_heads.box_predictor
             predictor.cls_score.weight.normal_(0.0, 0.2)
             predictor.cls_score.bias.zero_()
+    fit_entropy_model(model, seed=seed)
     model.update_entropy_tables(force=True)
     return model
+
+
+def _smooth_images(count: int, size: int, generator: torch.Generator) -> Tensor:
+    """Seeded images with photo-like structure (low-frequency colour fields plus texture), already normalised."""
+    coarse = torch.rand((count, 3, 8, 8), generator=generator)
+    fields = functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    pixels = (fields + 0.08 * torch.randn((count, 3, size, size), generator=generator)).clamp(0, 1)
+    mean = torch.tensor(IMAGE_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).reshape(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def fit_entropy_model(model: LadonModel, steps: int = 120, seed: int = 0) -> None:
+    """Fits the untrained factorized prior to the encoder's latents on seeded synthetic images.
+
+    A random entropy model spreads probability over ~20 symbols per channel, so a demo payload would be ~100 KB where
+    trained Ladon models send 4-120 KB; fitting only the density (as CompressAI's training does with its likelihood
+    and auxiliary losses) to what the random encoder actually emits gives payloads of a realistic order of size.
+    """
+    generator = torch.Generator().manual_seed(seed + 1)
+    bottleneck = model.entropy_bottleneck
+    with torch.no_grad():
+        latents = model.encode(_smooth_images(2, 96, generator))
+    optimizer = torch.optim.Adam(bottleneck.parameters(), lr=0.02)
+    was_training = bottleneck.training
+    bottleneck.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        _, likelihoods = bottleneck(latents)
+        loss = -torch.log2(likelihoods).mean() + 1e-3 * bottleneck.loss()
+        loss.backward()
+        optimizer.step()
+    bottleneck.train(was_training)
+    for parameter in bottleneck.parameters():
+        parameter.requires_grad_(False)

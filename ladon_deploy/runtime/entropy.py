@@ -4,11 +4,21 @@ Both ends code the latent exactly as `EntropyBottleneck.compress` / `decompress`
 channel, 16-bit precision, out-of-range values escaped), so a body written here is byte-identical to the string
 CompressAI returns for the same latent and tables, and either side can be swapped for CompressAI itself.
 
-The coding itself is CompressAI's compiled extension (`compressai/ans*.so`, needs only libstdc++). Importing it as
-`compressai.ans` would run compressai's `__init__` (torch, torchvision, torch_geometric, pandas: seconds and ~1 GB),
-so `load_rans` loads the shared object directly from the installed package directory instead.
+Two backends do the coding (`EntropyCoder.backend`):
 
-Guards around the extension (it checks nothing itself; see `EntropyCoder.decode` and `EntropyCoder.encode`):
+- "native": `ladon_deploy.runtime._rans`, our C port of CompressAI's rANS coder (built with the package). It takes
+  the int32 arrays as they are, bounds-checks every read, and raises ValueError (a PayloadError here) on a stream
+  that is too short or invalid. It is the default whenever it imports.
+- "compressai": CompressAI's compiled extension (`compressai/ans*.so`, needs only libstdc++), the fallback for an
+  install built without a compiler. Its pybind11 calls take Python lists, whose conversion costs most of its time.
+  Importing it as `compressai.ans` would run compressai's `__init__` (torch, torchvision, torch_geometric, pandas:
+  seconds and ~1 GB), so `load_rans` loads the shared object directly from the installed package directory instead.
+
+Both backends write the same bytes and decode valid streams to the same symbols. On garbage they differ: the
+native decoder refuses a stream that runs out (or escapes with more than 7 nibbles, which no encoder writes), where
+CompressAI's decodes the padding below as if it were stream.
+
+Guards around CompressAI's extension (it checks nothing itself; see `EntropyCoder.decode` and `EntropyCoder.encode`):
 
 - decode: the stream must be whole 32-bit words, at least the 8-byte final state, and that state must lie in
   [2**31, 2**63) as every rANS64 encoder leaves it. The decoder still reads past the end of a garbage stream (it
@@ -17,6 +27,9 @@ Guards around the extension (it checks nothing itself; see `EntropyCoder.decode`
   zero padding sized to what a decode of that shape can consume (see `_padding`).
 - encode: |symbol| <= 2**26, so the escape code stays below 2**28 (from 2**28 on, CompressAI's encoder loops
   forever: measured), and at least 4 symbols (fewer overflow its output buffer).
+
+The structure checks on the body (whole words, size limits, initial state) and the symbol limits on encode apply to
+both backends, so what is accepted does not depend on the backend.
 
 Edge subset: Python 3.6 and numpy 1.19 compatible, never imports torch.
 """
@@ -33,6 +46,11 @@ import numpy as np
 
 from ladon_deploy.errors import BundleError, LadonError, PayloadError
 
+try:
+    from ladon_deploy.runtime import _rans as _native  # type: Any
+except ImportError:  # installed without a C compiler: CompressAI's extension does the coding
+    _native = None
+
 PRECISION = 16
 """CompressAI's entropy coder precision: every CDF ends at 2**PRECISION."""
 
@@ -47,6 +65,8 @@ OFFSET_LIMIT = 1 << 20
 MIN_SYMBOLS = 4
 
 ENTROPY_ARRAYS = ("quantized_cdf", "cdf_length", "offset", "medians")
+
+BACKENDS = ("native", "compressai")
 
 # Symbols in [-128, 127] cross the pybind boundary as 0..255 with offsets shifted by the same amount: the extension
 # only ever uses symbol - offset, so the bytes are identical, and building/reading small non-negative ints is about
@@ -65,6 +85,15 @@ class RansUnavailableError(LadonError):
 
 class CodingError(LadonError):
     """A latent or symbol array cannot be entropy-coded (wrong shape, NaN/inf, values out of range)."""
+
+
+def native_available() -> bool:
+    """Whether the native coder (ladon_deploy.runtime._rans) was built and imports."""
+    return _native is not None
+
+
+def default_backend() -> str:
+    return "native" if _native is not None else "compressai"
 
 
 _rans_module = None  # type: Any
@@ -173,10 +202,21 @@ class EntropyCoder(object):
 
     Tables: quantized_cdf int32 (C, Lmax), cdf_length int32 (C,), offset int32 (C,), medians float32 (C,), i.e.
     `_quantized_cdf`, `_cdf_length`, `_offset` and `quantiles[:, 0, 1]` of an updated EntropyBottleneck.
+
+    backend: None (the native coder when it is built, else CompressAI's extension), "native" or "compressai";
+    `self.backend` says which one codes.
     """
 
     def __init__(self, quantized_cdf: np.ndarray, cdf_length: np.ndarray, offset: np.ndarray,
-                 medians: np.ndarray) -> None:
+                 medians: np.ndarray, backend: Optional[str] = None) -> None:
+        if backend is None:
+            backend = default_backend()
+        if backend not in BACKENDS:
+            raise ValueError("backend must be None, 'native' or 'compressai', got %r" % (backend,))
+        if backend == "native" and _native is None:
+            raise RansUnavailableError("the native rANS coder (ladon_deploy.runtime._rans) is not built: reinstall "
+                                       "ladon-deploy with a C compiler, or use backend='compressai'")
+        self.backend = backend  # type: str
         cdf = _as_int32("quantized_cdf", quantized_cdf)
         lengths = _as_int32("cdf_length", cdf_length)
         offsets = _as_int32("offset", offset)
@@ -213,29 +253,33 @@ class EntropyCoder(object):
         self.offset = offsets
         self.medians = medians
         self._medians_chw = medians.reshape(channels, 1, 1)
-        # The pybind11 calls take Python lists; converting the tables once per coder keeps that off the hot path.
-        self._cdf_lists = cdf.tolist()  # type: List[List[int]]
-        self._length_list = lengths.tolist()  # type: List[int]
-        self._offset_list = offsets.tolist()  # type: List[int]
-        self._shifted_offset_list = [value + _SHIFT for value in self._offset_list]  # type: List[int]
-        self._indexes = collections.OrderedDict()  # type: Dict[Tuple[int, int, int], List[int]]
+        if backend == "compressai":
+            # The pybind11 calls take Python lists; converting the tables once per coder keeps that off the hot
+            # path. (The native coder takes the int32 arrays above as they are.)
+            self._cdf_lists = cdf.tolist()  # type: List[List[int]]
+            self._length_list = lengths.tolist()  # type: List[int]
+            self._offset_list = offsets.tolist()  # type: List[int]
+            self._shifted_offset_list = [value + _SHIFT for value in self._offset_list]  # type: List[int]
+        # Per latent shape: the channel index of every symbol, an int32 array (native) or a list (compressai).
+        self._indexes = collections.OrderedDict()  # type: Dict[Tuple[int, int, int], Any]
         self._indexes_lock = threading.Lock()
 
     @classmethod
-    def from_tables(cls, tables: Mapping[str, Any]) -> "EntropyCoder":
+    def from_tables(cls, tables: Mapping[str, Any], backend: Optional[str] = None) -> "EntropyCoder":
         missing = [key for key in ENTROPY_ARRAYS if key not in tables]
         if missing:
             raise BundleError("entropy tables lack %s" % ", ".join(missing))
-        return cls(tables["quantized_cdf"], tables["cdf_length"], tables["offset"], tables["medians"])
+        return cls(tables["quantized_cdf"], tables["cdf_length"], tables["offset"], tables["medians"],
+                   backend=backend)
 
     @classmethod
-    def from_npz(cls, path: str) -> "EntropyCoder":
+    def from_npz(cls, path: str, backend: Optional[str] = None) -> "EntropyCoder":
         try:
             with np.load(path, allow_pickle=False) as data:
                 tables = {key: data[key] for key in ENTROPY_ARRAYS if key in data.files}
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError("cannot read entropy tables %s: %s" % (path, exc))
-        return cls.from_tables(tables)
+        return cls.from_tables(tables, backend=backend)
 
     def to_tables(self) -> Dict[str, np.ndarray]:
         return {"quantized_cdf": self.quantized_cdf, "cdf_length": self.cdf_length, "offset": self.offset,
@@ -271,16 +315,21 @@ class EntropyCoder(object):
                                % (channels, height, width, count, MAX_SYMBOLS))
         return channels, height, width
 
-    def _index_list(self, shape: Tuple[int, int, int]) -> List[int]:
-        # The channel index of every element in C-order, as EntropyBottleneck._build_indexes builds it; cached
-        # because building (and, more so, re-converting) a list of 250 k ints costs milliseconds.
+    def _index_list(self, shape: Tuple[int, int, int]) -> Any:
+        # The channel index of every element in C-order, as EntropyBottleneck._build_indexes builds it: a read-only
+        # int32 array for the native coder, a list for CompressAI's. Cached because building (and, for the list,
+        # re-converting) 250 k of them costs milliseconds.
         with self._indexes_lock:
             indexes = self._indexes.get(shape)
             if indexes is not None:
                 self._indexes.move_to_end(shape)
                 return indexes
         channels, height, width = shape
-        indexes = np.repeat(np.arange(channels, dtype=np.int32), height * width).tolist()
+        indexes = np.repeat(np.arange(channels, dtype=np.int32), height * width)
+        if self.backend == "native":
+            indexes.setflags(write=False)
+        else:
+            indexes = indexes.tolist()
         if len(indexes) > _INDEX_CACHE_MAX_SYMBOLS:
             return indexes
         with self._indexes_lock:
@@ -325,7 +374,13 @@ class EntropyCoder(object):
         low, high = int(array.min()), int(array.max())
         if low < -SYMBOL_LIMIT or high > SYMBOL_LIMIT:
             raise CodingError("symbols range over [%d, %d], beyond +-%d" % (low, high, SYMBOL_LIMIT))
-        flat = array.reshape(-1).astype(np.int32, copy=False)
+        flat = np.ascontiguousarray(array.reshape(-1), dtype=np.int32)
+        if self.backend == "native":
+            try:
+                return _native.encode(flat, self._index_list(shape), self.quantized_cdf, self.cdf_length,
+                                      self.offset)
+            except ValueError as exc:  # cannot happen for symbols within the limits checked above
+                raise CodingError("cannot rANS-code the symbols: %s" % exc)
         if low >= -_SHIFT and high < 256 - _SHIFT:
             values = list((flat + _SHIFT).astype(np.uint8).tobytes())
             offsets = self._shifted_offset_list
@@ -357,6 +412,16 @@ class EntropyCoder(object):
         state = int.from_bytes(body[:8], "little")
         if not _RANS_STATE_LOW <= state < _RANS_STATE_HIGH:
             raise PayloadError("payload body is not a rANS stream: its initial state is out of range")
+        if self.backend == "native":
+            symbols = np.empty(count, dtype=np.int32)
+            try:
+                # Bounds-checked: a stream that runs out or is invalid raises ValueError, nothing is read past it.
+                _native.decode(body, self._index_list(shape), self.quantized_cdf, self.cdf_length, self.offset,
+                               symbols)
+            except ValueError as exc:
+                raise PayloadError("payload body is not a valid rANS stream for a %dx%dx%d latent: %s"
+                                   % (shape + (exc,)))
+            return symbols.reshape(shape)
         padded = body + bytes(_padding(count, body))
         decoder = load_rans().RansDecoder()
         values = decoder.decode_with_indexes(padded, self._index_list(shape), self._cdf_lists, self._length_list,

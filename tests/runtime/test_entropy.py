@@ -15,21 +15,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CHANNELS = 24
 
 
-def _bottleneck(seed):
-    """A CompressAI EntropyBottleneck(24) with non-trivial tables: perturbed density, spread quantiles."""
+def _bottleneck(seed, channels=CHANNELS):
+    """A CompressAI EntropyBottleneck with non-trivial tables: perturbed density, spread quantiles."""
     import torch
     from compressai.entropy_models import EntropyBottleneck
 
     torch.manual_seed(seed)
-    bottleneck = EntropyBottleneck(CHANNELS)
+    bottleneck = EntropyBottleneck(channels)
     generator = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for parameter in bottleneck.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
         quantiles = bottleneck.quantiles
-        quantiles[:, 0, 1] = torch.randn(CHANNELS, generator=generator) * 2.0
-        quantiles[:, 0, 0] = quantiles[:, 0, 1] - (3 + torch.rand(CHANNELS, generator=generator) * 10)
-        quantiles[:, 0, 2] = quantiles[:, 0, 1] + (3 + torch.rand(CHANNELS, generator=generator) * 10)
+        quantiles[:, 0, 1] = torch.randn(channels, generator=generator) * 2.0
+        quantiles[:, 0, 0] = quantiles[:, 0, 1] - (3 + torch.rand(channels, generator=generator) * 10)
+        quantiles[:, 0, 2] = quantiles[:, 0, 1] + (3 + torch.rand(channels, generator=generator) * 10)
     bottleneck.update(force=True)
     return bottleneck
 
@@ -43,10 +43,25 @@ def _tables(bottleneck):
     }
 
 
+def _require(backend):
+    if backend == "native" and not entropy.native_available():
+        pytest.skip("the native coder ladon_deploy.runtime._rans is not built")
+
+
 @pytest.fixture(scope="module")
 def reference():
     bottleneck = _bottleneck(seed=0)
     return bottleneck, EntropyCoder.from_tables(_tables(bottleneck))
+
+
+@pytest.fixture(scope="module", params=entropy.BACKENDS)
+def coded(request, reference):
+    """The reference bottleneck and a coder on its tables, once per backend."""
+    _require(request.param)
+    bottleneck, _ = reference
+    coder = EntropyCoder.from_tables(_tables(bottleneck), backend=request.param)
+    assert coder.backend == request.param
+    return bottleneck, coder
 
 
 def _latent(coder, shape, seed, scale=3.0):
@@ -79,10 +94,10 @@ def _torch_symbols(bottleneck, y):
 
 @pytest.mark.parametrize("shape", [(CHANNELS, 103, 103), (CHANNELS, 55, 55)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bytes_identical_to_compressai(reference, shape, seed):
+def test_bytes_identical_to_compressai(coded, shape, seed):
     import torch
 
-    bottleneck, coder = reference
+    bottleneck, coder = coded
     y = _latent(coder, shape, seed)
     centered = y[0] - coder.medians.reshape(-1, 1, 1)
     ties = centered[np.abs(centered - np.floor(centered) - 0.5) == 0]
@@ -99,8 +114,8 @@ def test_bytes_identical_to_compressai(reference, shape, seed):
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_decode_and_dequantize_match_compressai(reference, seed):
-    bottleneck, coder = reference
+def test_decode_and_dequantize_match_compressai(coded, seed):
+    bottleneck, coder = coded
     shape = (CHANNELS, 55, 55)
     y = _latent(coder, shape, seed)
     symbols = coder.quantize(y)
@@ -117,11 +132,11 @@ def test_decode_and_dequantize_match_compressai(reference, seed):
     np.testing.assert_array_equal(coder.dequantize(symbols), expected)
 
 
-def test_symbols_at_the_limits_round_trip_and_match(reference):
+def test_symbols_at_the_limits_round_trip_and_match(coded):
     """Symbols outside [-128, 127] take the slow conversion paths; up to +-SYMBOL_LIMIT they must stay exact."""
     import torch
 
-    bottleneck, coder = reference
+    bottleneck, coder = coded
     shape = (CHANNELS, 9, 11)
     symbols = np.random.default_rng(5).integers(-3, 4, size=shape).astype(np.int32)
     symbols[0, 0, :4] = [1 << 20, -(1 << 20), 129, -129]
@@ -158,22 +173,22 @@ def test_quantize_accepts_chw_and_refuses_bad_latents(reference):
             coder.quantize(bad)
 
 
-def test_encode_refuses_what_the_extension_cannot_code(reference):
-    _, coder = reference
+def test_encode_refuses_what_the_extension_cannot_code(coded):
+    _, coder = coded
     with pytest.raises(CodingError, match="beyond"):
         coder.encode(np.full((CHANNELS, 2, 2), entropy.SYMBOL_LIMIT + 1, np.int32))
     with pytest.raises(CodingError, match="integers"):
         coder.encode(np.zeros((CHANNELS, 2, 2), np.float32))
     with pytest.raises(CodingError, match="channels|expected"):
         coder.encode(np.zeros((3, 2, 2), np.int32))
-    tiny = EntropyCoder.from_tables({key: value[:1] for key, value in coder.to_tables().items()})
+    tiny = EntropyCoder.from_tables({key: value[:1] for key, value in coder.to_tables().items()}, coder.backend)
     with pytest.raises(CodingError, match="at least 4"):
         tiny.encode(np.zeros((1, 1, 3), np.int32))
     assert isinstance(tiny.encode(np.zeros((1, 2, 2), np.int32)), bytes)
 
 
-def test_decode_refuses_impossible_bodies_and_shapes(reference):
-    _, coder = reference
+def test_decode_refuses_impossible_bodies_and_shapes(coded):
+    _, coder = coded
     shape = (CHANNELS, 8, 8)
     body = coder.encode(np.zeros(shape, np.int32))
     cases = [
@@ -191,6 +206,341 @@ def test_decode_refuses_impossible_bodies_and_shapes(reference):
     for data, declared, words in cases:
         with pytest.raises(PayloadError, match=words):
             coder.decode(data, declared)
+
+
+# -- the native coder against CompressAI ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_reference():
+    """A 32-channel bottleneck: another channel count, other tables."""
+    bottleneck = _bottleneck(seed=11, channels=32)
+    return bottleneck, {backend: EntropyCoder.from_tables(_tables(bottleneck), backend=backend)
+                        for backend in entropy.BACKENDS if backend != "native" or entropy.native_available()}
+
+
+def _special_latent(coder, shape, kind, seed):
+    """Latents that stress the coder: all on the medians, all zero, and values near the symbol limit."""
+    channels = shape[0]
+    medians = coder.medians.reshape(channels, 1, 1)
+    if kind == "medians":
+        return np.broadcast_to(medians, shape).astype(np.float32)[None]
+    if kind == "zeros":
+        return np.zeros((1,) + shape, np.float32)
+    # "huge": symbols up to +-(SYMBOL_LIMIT - 64) (float32 spacing there is 8), a few per channel, on a normal latent
+    rng = np.random.default_rng(seed)
+    y = (rng.standard_normal(shape) * 2 + medians).astype(np.float32)
+    flat = y.reshape(channels, -1)
+    limit = entropy.SYMBOL_LIMIT - 64
+    far = np.array([limit, -limit, limit // 2, -(limit // 3), 1 << 20, -(1 << 16)], np.float32)
+    for c in range(channels):
+        positions = rng.choice(flat.shape[1], size=min(len(far), flat.shape[1]), replace=False)
+        flat[c, positions] = far[:len(positions)] + coder.medians[c]
+    return y[None]
+
+
+def _check_against_compressai(bottleneck, coders, y):
+    """Native bytes == CompressAI's EntropyBottleneck.compress == the compressai backend's; every decoder (both
+    backends and EntropyBottleneck.decompress) reads every body back to the same symbols."""
+    import torch
+
+    native, fallback = coders["native"], coders["compressai"]
+    shape = y.shape[1:]
+    symbols = native.quantize(y)
+    np.testing.assert_array_equal(symbols, _torch_symbols(bottleneck, y)[0])
+    expected = bottleneck.compress(torch.from_numpy(y))[0]
+    native_body = native.encode(symbols)
+    assert native_body == expected
+    fallback_body = fallback.encode(symbols)
+    assert fallback_body == expected
+    for body in (native_body, fallback_body):  # cross-decoding, though the bodies are the same bytes
+        np.testing.assert_array_equal(native.decode(body, shape), symbols)
+        np.testing.assert_array_equal(fallback.decode(body, shape), symbols)
+    y_hat = bottleneck.decompress([native_body], shape[1:]).numpy()
+    np.testing.assert_array_equal(native.decompress(native_body, shape), y_hat)
+    np.testing.assert_array_equal(fallback.decompress(native_body, shape), y_hat)
+    return symbols
+
+
+@pytest.mark.parametrize("shape, seeds", [((CHANNELS, 103, 103), [0, 1]), ((CHANNELS, 55, 55), [2, 3, 4]),
+                                          ((CHANNELS, 71, 103), [5, 6]), ((32, 13, 13), [7, 8, 9])])
+def test_native_bytes_and_symbols_match_compressai(reference, wide_reference, shape, seeds):
+    _require("native")
+    if shape[0] == CHANNELS:
+        bottleneck, _ = reference
+        coders = {backend: EntropyCoder.from_tables(_tables(bottleneck), backend=backend)
+                  for backend in entropy.BACKENDS}
+    else:
+        bottleneck, coders = wide_reference
+    native = coders["native"]
+    for seed in seeds:
+        symbols = _check_against_compressai(bottleneck, coders, _latent(native, shape, seed))
+        lows = symbols - native.offset.reshape(-1, 1, 1)
+        assert (lows < 0).any() and (lows >= (native.cdf_length - 2).reshape(-1, 1, 1)).any(), "escapes expected"
+    for kind in ("medians", "zeros", "huge"):
+        symbols = _check_against_compressai(bottleneck, coders, _special_latent(native, shape, kind, seeds[0]))
+        if kind == "medians":
+            assert not symbols.any()
+        if kind == "huge":
+            assert np.abs(symbols).max() == entropy.SYMBOL_LIMIT - 64
+
+
+def _random_tables(rng, channels, lmax=None):
+    """Valid CDF tables from the extremes: 2-interval rows, frequency-1 intervals, one interval of almost all the
+    mass, long rows, and offsets up to +-OFFSET_LIMIT."""
+    rows = []
+    for _ in range(channels):
+        kind = int(rng.integers(0, 5))
+        if kind == 0:  # two intervals: one symbol and the escape
+            split = int(rng.choice([1, 2, 32768, 65534, 65535]))
+            rows.append([0, split, 65536])
+            continue
+        length = int(rng.integers(3, min(300 if kind == 1 else 40, lmax or 300) + 1))
+        if kind == 2:  # one interval takes nearly everything, the others frequency 1
+            frequencies = np.ones(length - 1, np.int64)
+            frequencies[int(rng.integers(0, length - 1))] += 65536 - (length - 1)
+        else:
+            weights = rng.random(length - 1) ** (4 if kind == 3 else 1)
+            frequencies = np.maximum(1, np.floor(weights / weights.sum() * 65536)).astype(np.int64)
+            frequencies[np.argmax(frequencies)] += 65536 - frequencies.sum()
+        rows.append([0] + np.cumsum(frequencies).tolist())
+    width = max(len(row) for row in rows) if lmax is None else lmax
+    cdf = np.zeros((channels, width), np.int32)
+    for c, row in enumerate(rows):
+        cdf[c, :len(row)] = row
+        cdf[c, len(row):] = rng.integers(0, 1 << 20, width - len(row))  # garbage after cdf_length: never read
+    lengths = np.array([len(row) for row in rows], np.int32)
+    offsets = rng.integers(-entropy.OFFSET_LIMIT, entropy.OFFSET_LIMIT + 1, channels).astype(np.int32)
+    offsets[:channels // 2] = rng.integers(-20, 5, channels // 2)
+    return cdf, lengths, offsets
+
+
+def _random_symbols(rng, count, indexes, lengths, offsets):
+    """Symbols inside the tables, just outside them and far outside, up to the largest escape code below 2**28."""
+    low = offsets[indexes].astype(np.int64)
+    span = (lengths[indexes] - 2).astype(np.int64)
+    inside = low + np.floor(rng.random(count) * span).astype(np.int64)
+    near = low + rng.integers(-40, 40, count) + np.where(rng.random(count) < 0.5, 0, span)
+    far = low + rng.integers(-(1 << 27) + 1, (1 << 27) - 1, count)
+    choice = rng.random(count)
+    symbols = np.where(choice < 0.6, inside, np.where(choice < 0.9, near, far))
+    return np.clip(symbols, -(1 << 31), (1 << 31) - 1).astype(np.int32)
+
+
+def test_native_matches_compressai_extension_on_random_tables():
+    """_rans.encode / decode against CompressAI's RansEncoder / RansDecoder on the same int32 data."""
+    _require("native")
+    from ladon_deploy.runtime import _rans
+
+    ans = entropy.load_rans()
+    rng = np.random.default_rng(12)
+    for trial in range(40):
+        channels = int(rng.integers(1, 40))
+        cdf, lengths, offsets = _random_tables(rng, channels)
+        count = int(rng.integers(4, 5000))
+        indexes = rng.integers(0, channels, count).astype(np.int32)
+        symbols = _random_symbols(rng, count, indexes, lengths, offsets)
+        # CompressAI cannot code escape codes of 2**28 and more (it loops forever): keep within them
+        low = offsets[indexes].astype(np.int64)
+        high = low + lengths[indexes] - 2
+        codes = np.where(symbols < low, 2 * (low - symbols) - 1, np.where(symbols >= high, 2 * (symbols - high), 0))
+        symbols = np.where(codes < (1 << 28), symbols, low).astype(np.int32)
+        args = (indexes.tolist(), cdf.tolist(), lengths.tolist(), offsets.tolist())
+        expected = ans.RansEncoder().encode_with_indexes(symbols.tolist(), *args)
+        body = _rans.encode(symbols, indexes, cdf, lengths, offsets)
+        assert body == expected, "trial %d" % trial
+        out = np.full(count, 7, np.int32)
+        assert _rans.decode(body, indexes, cdf, lengths, offsets, out) == len(body)
+        np.testing.assert_array_equal(out, symbols)
+        assert ans.RansDecoder().decode_with_indexes(body, *args) == symbols.tolist()
+        # trailing bytes are ignored, as CompressAI ignores them; the return value says where the stream ended
+        assert _rans.decode(body + b"\xab" * 12, indexes, cdf, lengths, offsets, out) == len(body)
+        np.testing.assert_array_equal(out, symbols)
+        # flat cdfs (C * Lmax) are accepted too
+        assert _rans.encode(symbols, indexes, cdf.reshape(-1), lengths, offsets) == body
+
+
+def test_native_codes_empty_and_tiny_inputs():
+    """The native coder has no minimum (CompressAI's overflows its buffer below 4 symbols): 0 symbols is the bare
+    final state, 2**31."""
+    _require("native")
+    from ladon_deploy.runtime import _rans
+
+    cdf, lengths, offsets = _random_tables(np.random.default_rng(13), 3)
+    empty = np.zeros(0, np.int32)
+    body = _rans.encode(empty, empty, cdf, lengths, offsets)
+    assert body == (1 << 31).to_bytes(8, "little")
+    assert _rans.decode(body, empty, cdf, lengths, offsets, np.zeros(0, np.int32)) == 8
+    for count in (1, 2, 3):
+        symbols = np.arange(count, dtype=np.int32) * 1000 - 1000
+        indexes = np.arange(count, dtype=np.int32) % 3
+        out = np.zeros(count, np.int32)
+        body = _rans.encode(symbols, indexes, cdf, lengths, offsets)
+        assert _rans.decode(body, indexes, cdf, lengths, offsets, out) == len(body)
+        np.testing.assert_array_equal(out, symbols)
+
+
+def test_native_arguments_are_validated():
+    _require("native")
+    from ladon_deploy.runtime import _rans
+
+    cdf, lengths, offsets = _random_tables(np.random.default_rng(14), 4, lmax=50)
+    indexes = np.array([0, 1, 2, 3, 3, 2], np.int32)
+    symbols = offsets[indexes].copy()
+    body = _rans.encode(symbols, indexes, cdf, lengths, offsets)
+    out = np.zeros(6, np.int32)
+
+    def encode_fails(error, words, *args):
+        with pytest.raises(error, match=words):
+            _rans.encode(*args)
+
+    def decode_fails(error, words, *args):
+        with pytest.raises(error, match=words):
+            _rans.decode(*args)
+
+    short_row = lengths.copy()
+    short_row[1] = 2
+    long_row = lengths.copy()
+    long_row[2] = 51
+    unterminated = cdf.copy()
+    unterminated[3, lengths[3] - 1] = 65535
+    flat = cdf.copy()
+    flat[0, 1] = flat[0, 2]
+    bad_indexes = indexes.copy()
+    bad_indexes[4] = 4
+    negative_indexes = indexes.copy()
+    negative_indexes[0] = -1
+    for run, error, words, args in [
+        (encode_fails, TypeError, "int32", (symbols.astype(np.int64), indexes, cdf, lengths, offsets)),
+        (encode_fails, TypeError, "int32", (symbols.astype(np.uint32), indexes, cdf, lengths, offsets)),
+        (encode_fails, TypeError, "int32", (symbols.astype(np.float32), indexes, cdf, lengths, offsets)),
+        (encode_fails, TypeError, "int32", (symbols.tobytes(), indexes, cdf, lengths, offsets)),
+        (encode_fails, TypeError, "int32", (symbols.tolist(), indexes, cdf, lengths, offsets)),
+        (encode_fails, TypeError, "C-contiguous", (np.repeat(symbols, 2)[::2], indexes, cdf, lengths, offsets)),
+        (encode_fails, TypeError, "C-contiguous", (symbols, indexes, np.asfortranarray(cdf), lengths, offsets)),
+        (encode_fails, ValueError, "indexes has", (symbols[:-1], indexes, cdf, lengths, offsets)),
+        (encode_fails, ValueError, r"indexes\[4\] = 4 is outside \[0, 4\)", (symbols, bad_indexes, cdf, lengths,
+                                                                              offsets)),
+        (encode_fails, ValueError, r"indexes\[0\] = -1", (symbols, negative_indexes, cdf, lengths, offsets)),
+        (encode_fails, ValueError, "cdfs has 4 rows", (symbols, indexes, cdf, lengths[:3], offsets[:3])),
+        (encode_fails, ValueError, "offsets has 3", (symbols, indexes, cdf, lengths, offsets[:3])),
+        (encode_fails, ValueError, "cdf_lengths has 0", (symbols, indexes, cdf, lengths[:0], offsets[:0])),
+        (encode_fails, ValueError, "not a multiple", (symbols, indexes, cdf.reshape(-1)[:-1], lengths, offsets)),
+        (encode_fails, ValueError, "2-D", (symbols, indexes, cdf.reshape(4, 5, 10), lengths, offsets)),
+        (encode_fails, ValueError, r"cdf_lengths\[1\] = 2 is outside \[3, 50\]", (symbols, indexes, cdf,
+                                                                                   short_row, offsets)),
+        (encode_fails, ValueError, r"cdf_lengths\[2\] = 51", (symbols, indexes, cdf, long_row, offsets)),
+        (encode_fails, ValueError, "row 3 must start at 0 and end at 65536", (symbols, indexes, unterminated,
+                                                                                lengths, offsets)),
+        (encode_fails, ValueError, "row 0 is not strictly increasing", (symbols, indexes, flat, lengths, offsets)),
+        (decode_fails, TypeError, "writable", (body, indexes, cdf, lengths, offsets, _read_only(np.zeros(6, np.int32)))),
+        (decode_fails, TypeError, "int32", (body, indexes, cdf, lengths, offsets, np.zeros(6, np.int64))),
+        (decode_fails, TypeError, "bytes-like", (body.hex(), indexes, cdf, lengths, offsets, out)),
+        (decode_fails, ValueError, "out has 5", (body, indexes, cdf, lengths, offsets, out[:5])),
+        (decode_fails, ValueError, "whole 32-bit words", (body[:-1], indexes, cdf, lengths, offsets, out)),
+        (decode_fails, ValueError, "at least the 8-byte state", (body[:4], indexes, cdf, lengths, offsets, out)),
+        (decode_fails, ValueError, r"indexes\[4\] = 4", (body, bad_indexes, cdf, lengths, offsets, out)),
+        (decode_fails, ValueError, "strictly increasing", (body, indexes, flat, lengths, offsets, out)),
+    ]:
+        run(error, words, *args)
+    # the largest encodable escape code is 2**28 - 1; one more would make CompressAI's encoder loop forever
+    low = int(offsets[0])
+    high = low + int(lengths[0]) - 2
+    for symbol, fine in [(low - (1 << 27), True), (low - (1 << 27) - 1, False), (high + (1 << 27) - 1, True),
+                         (high + (1 << 27), False)]:
+        one = np.array([symbol], np.int32)
+        zero = np.zeros(1, np.int32)
+        if fine:
+            decoded = np.zeros(1, np.int32)
+            _rans.decode(_rans.encode(one, zero, cdf, lengths, offsets), zero, cdf, lengths, offsets, decoded)
+            assert decoded[0] == symbol
+        else:
+            encode_fails(ValueError, r"symbols\[0\] = %d is too far outside" % symbol, one, zero, cdf, lengths,
+                         offsets)
+    # accepted buffer flavours: bytearray/memoryview bodies, array.array('i') and memoryviews of int32
+    import array
+
+    decoded = np.zeros(6, np.int32)
+    _rans.decode(memoryview(bytearray(body)), array.array("i", indexes.tolist()), cdf, lengths, offsets,
+                 memoryview(decoded))
+    np.testing.assert_array_equal(decoded, symbols)
+    assert _rans.encode(array.array("i", symbols.tolist()), memoryview(indexes), cdf, lengths, offsets) == body
+
+
+def _read_only(array):
+    array.setflags(write=False)
+    return array
+
+
+def test_native_decoder_refuses_streams_that_run_out_or_overflow_escapes():
+    _require("native")
+    from ladon_deploy.runtime import _rans
+
+    cdf, lengths, offsets = _random_tables(np.random.default_rng(15), 4, lmax=50)
+    indexes = np.arange(400, dtype=np.int32) % 4
+    symbols = _random_symbols(np.random.default_rng(16), 400, indexes, lengths, offsets)
+    symbols = np.clip(symbols, offsets[indexes] - 5000, offsets[indexes] + 5000).astype(np.int32)
+    body = _rans.encode(symbols, indexes, cdf, lengths, offsets)
+    out = np.zeros(400, np.int32)
+    for cut in range(8, len(body), 4):
+        with pytest.raises(ValueError, match="ends early"):
+            _rans.decode(body[:cut], indexes, cdf, lengths, offsets, out)
+    # An escape announcing 15 or more nibbles, which no encoder writes (CompressAI's cannot go past 7). With the
+    # row [0, 1, 65536] and state (H << 16) | 1, the first symbol is the escape (cum = 1) and the state becomes
+    # 65535 * H, whose low nibble is 15 when H = 1 mod 16.
+    table = (np.array([[0, 1, 65536]], np.int32), np.array([3], np.int32), np.array([0], np.int32))
+    state = ((((1 << 46) + 1) << 16) | 1)
+    body = state.to_bytes(8, "little") + b"\xff" * 64
+    with pytest.raises(ValueError, match="escapes with 15 nibbles, more than 7"):
+        _rans.decode(body, np.zeros(1, np.int32), *table, np.zeros(1, np.int32))
+
+
+def test_native_coder_runs_in_threads():
+    """The coding loops run without the GIL; concurrent calls on shared tables give the same results."""
+    _require("native")
+    import threading
+
+    from ladon_deploy.runtime import _rans
+
+    rng = np.random.default_rng(17)
+    cdf, lengths, offsets = _random_tables(rng, 24)
+    indexes = np.repeat(np.arange(24, dtype=np.int32), 4000)
+    symbols = _random_symbols(rng, indexes.size, indexes, lengths, offsets)
+    symbols = np.clip(symbols, offsets[indexes] - 100, offsets[indexes] + 100).astype(np.int32)
+    body = _rans.encode(symbols, indexes, cdf, lengths, offsets)
+    failures = []
+
+    def work():
+        try:
+            for _ in range(5):
+                out = np.zeros(indexes.size, np.int32)
+                assert _rans.encode(symbols, indexes, cdf, lengths, offsets) == body
+                _rans.decode(body, indexes, cdf, lengths, offsets, out)
+                assert np.array_equal(out, symbols)
+        except Exception as exc:  # reported below: an assert in a thread does not fail the test by itself
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_backend_selection(reference, monkeypatch):
+    bottleneck, _ = reference
+    tables = _tables(bottleneck)
+    expected = "native" if entropy.native_available() else "compressai"
+    assert EntropyCoder.from_tables(tables).backend == expected == entropy.default_backend()
+    assert EntropyCoder.from_tables(tables, backend="compressai").backend == "compressai"
+    with pytest.raises(ValueError, match="backend must be"):
+        EntropyCoder.from_tables(tables, backend="rans")
+    monkeypatch.setattr(entropy, "_native", None)
+    assert not entropy.native_available()
+    assert EntropyCoder.from_tables(tables).backend == "compressai"
+    with pytest.raises(entropy.RansUnavailableError, match="not built"):
+        EntropyCoder.from_tables(tables, backend="native")
 
 
 def test_padding_covers_runs_of_ones():
@@ -294,7 +644,7 @@ def test_extension_loads_without_torch_or_compressai(saved):
 
     module = load_rans()
     assert load_rans() is module
-    coder = EntropyCoder.from_npz(sys.argv[1])
+    coder = EntropyCoder.from_npz(sys.argv[1], backend="compressai")
     y = np.load(sys.argv[2])
     body = coder.compress(y)
     assert body == open(sys.argv[3], "rb").read(), "bytes differ from CompressAI's"
@@ -304,6 +654,55 @@ def test_extension_loads_without_torch_or_compressai(saved):
     """, tables, latent, reference_body)
     assert result.returncode == 0, result.stdout
     assert "LOADED ['compressai.ans'] True" in result.stdout, result.stdout
+
+
+def test_native_coder_loads_neither_torch_nor_compressai(saved):
+    _require("native")
+    tables, latent, reference_body = saved
+    result = _run_python(NO_TORCH + """
+    import numpy as np
+    from ladon_deploy.runtime.entropy import EntropyCoder
+
+    coder = EntropyCoder.from_npz(sys.argv[1])
+    y = np.load(sys.argv[2])
+    body = coder.compress(y)
+    assert body == open(sys.argv[3], "rb").read(), "bytes differ from CompressAI's"
+    assert np.array_equal(coder.decode(body, y.shape[1:]), coder.quantize(y))
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "compressai"))
+    print("LOADED", coder.backend, loaded)
+    """, tables, latent, reference_body)
+    assert result.returncode == 0, result.stdout
+    assert "LOADED native []" in result.stdout, result.stdout
+
+
+def test_without_the_native_coder_compressai_codes(saved):
+    """An install without the compiled _rans (no compiler) falls back to CompressAI's extension, same bytes."""
+    tables, latent, reference_body = saved
+    result = _run_python(NO_TORCH + """
+    class BlockNative(object):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ladon_deploy.runtime._rans":
+                raise ImportError("not built")
+            return None
+
+    sys.meta_path.insert(0, BlockNative())
+    import numpy as np
+    from ladon_deploy.runtime import entropy
+
+    coder = entropy.EntropyCoder.from_npz(sys.argv[1])
+    y = np.load(sys.argv[2])
+    body = coder.compress(y)
+    assert body == open(sys.argv[3], "rb").read(), "bytes differ from CompressAI's"
+    assert np.array_equal(coder.decode(body, y.shape[1:]), coder.quantize(y))
+    try:
+        entropy.EntropyCoder.from_npz(sys.argv[1], backend="native")
+    except entropy.RansUnavailableError as exc:
+        print("REFUSED", exc)
+    print("BACKEND", coder.backend, entropy.native_available())
+    """, tables, latent, reference_body)
+    assert result.returncode == 0, result.stdout
+    assert "BACKEND compressai False" in result.stdout, result.stdout
+    assert "REFUSED the native rANS coder" in result.stdout, result.stdout
 
 
 def test_compressai_still_works_after_direct_load(saved):
@@ -369,7 +768,7 @@ GARBAGE = """
     from ladon_deploy.errors import LadonError
     from ladon_deploy.runtime.entropy import EntropyCoder
 
-    coder = EntropyCoder.from_npz(sys.argv[1])
+    coder = EntropyCoder.from_npz(sys.argv[1], backend=sys.argv[2])
     rng = np.random.default_rng(9)
 
     def valid_state(body):
@@ -396,12 +795,16 @@ GARBAGE = """
 
 
 @pytest.mark.slow
-def test_garbage_bodies_cannot_crash_the_decoder(saved):
-    """Unpadded, these bodies SIGSEGV the extension (measured); run in a child so a crash reads as a failure."""
+@pytest.mark.parametrize("backend, outcome", [("compressai", "DONE 20 4"), ("native", "DONE 0 24")])
+def test_garbage_bodies_cannot_crash_the_decoder(saved, backend, outcome):
+    """Unpadded, these bodies SIGSEGV CompressAI's extension (measured); run in a child so a crash reads as a
+    failure. CompressAI's decoder, padded, decodes most of them as garbage; the native one finds that every one of
+    them runs out before the latent is complete."""
+    _require(backend)
     tables, _, _ = saved
-    result = _run_python(GARBAGE, tables)
+    result = _run_python(GARBAGE, tables, backend)
     assert result.returncode == 0, "decoder crashed (exit %d): %s" % (result.returncode, result.stdout[-2000:])
-    assert "DONE 20 4" in result.stdout, result.stdout
+    assert outcome in result.stdout, result.stdout
 
 
 def test_errors_are_ladon_errors():

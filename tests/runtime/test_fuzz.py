@@ -2,10 +2,15 @@
 hang or raise anything else.
 
 Most mutations break the CRC and stop at unpack; the forged ones carry a recomputed valid CRC, so header checks alone
-must stop them, or they reach the rANS decoder with garbage (which, unguarded, crashes the process). Torch-free on
-purpose: the coder runs on synthetic tables, as on an edge device without torch.
+must stop them, or they reach the rANS decoder with garbage (which, unguarded, crashes CompressAI's decoder). Both
+backends are fuzzed; the native decoder's results are also checked against CompressAI's on every body that reaches
+it. Torch-free on purpose: the coder runs on synthetic tables, as on an edge device without torch.
 """
+import os
 import struct
+import subprocess
+import sys
+import textwrap
 import time
 import zlib
 
@@ -13,8 +18,11 @@ import numpy as np
 import pytest
 
 from ladon_deploy.errors import LadonError, PayloadError
+from ladon_deploy.runtime import entropy
 from ladon_deploy.runtime.entropy import EntropyCoder
 from ladon_deploy.runtime.wire import HEADER_SIZE, Payload, pack, unpack
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SEED = 20250301
 CASES = 20000
@@ -152,10 +160,30 @@ def mutate(rng, data, fields, body):
     return "forged", forged(rng, fields, body)
 
 
+def _compressai_coder(tables):
+    """A coder on CompressAI's extension, or None where compressai is not installed (an edge device)."""
+    try:
+        entropy.load_rans()
+    except entropy.RansUnavailableError:
+        return None
+    return EntropyCoder.from_tables(tables, backend="compressai")
+
+
 @pytest.mark.slow
-def test_mutated_payloads_decode_or_raise_ladon_errors():
+@pytest.mark.parametrize("backend", entropy.BACKENDS)
+def test_mutated_payloads_decode_or_raise_ladon_errors(backend):
+    if backend == "native" and not entropy.native_available():
+        pytest.skip("the native coder ladon_deploy.runtime._rans is not built")
     rng = np.random.default_rng(SEED)
-    coder = EntropyCoder.from_tables(synthetic_tables(rng, CHANNELS))
+    tables = synthetic_tables(rng, CHANNELS)
+    if backend == "compressai" and _compressai_coder(tables) is None:
+        pytest.skip("compressai is not installed")
+    coder = EntropyCoder.from_tables(tables, backend=backend)
+    # Every body the native decoder reads is read by CompressAI's too: where the native one decodes, CompressAI's
+    # must give the same symbols (it reads the same words); where the native one finds the stream runs out,
+    # CompressAI's goes on into its padding.
+    cross = _compressai_coder(tables) if backend == "native" else None
+    cross_checked = stricter = 0
     y = (rng.standard_normal(SHAPE) * 2.5 + coder.medians.reshape(-1, 1, 1)).astype(np.float32)[None]
     body = coder.compress(y)
     data = pack(Payload(BUNDLE, SHAPE, (48, 60), (64, 64), ("cls", "det", "seg"), body))
@@ -176,17 +204,29 @@ def test_mutated_payloads_decode_or_raise_ladon_errors():
                     symbols = coder.decode(payload.body, payload.latent_shape)
                 except LadonError:
                     outcome = "rejected by decode"
+                    symbols = None
                 else:
                     assert symbols.shape == payload.latent_shape and symbols.dtype == np.int32
                     outcome = "decoded" if payload.body == body and payload.latent_shape == SHAPE else "decoded garbage"
+                if cross is not None:
+                    try:
+                        expected = cross.decode(payload.body, payload.latent_shape)
+                    except LadonError:
+                        expected = None
+                    if symbols is not None:
+                        assert expected is not None and np.array_equal(symbols, expected), "differs from CompressAI"
+                        cross_checked += 1
+                    elif expected is not None:
+                        stricter += 1
         except Exception as exc:  # anything but a LadonError is a bug: report the reproducible case
-            pytest.fail("case %d (%s, seed %d) raised %r" % (case, kind, SEED, exc))
+            pytest.fail("case %d (%s, seed %d, %s) raised %r" % (case, kind, SEED, backend, exc))
         key = (kind, outcome)
         outcomes[key] = outcomes.get(key, 0) + 1
     elapsed = time.perf_counter() - started
 
     summary = ", ".join("%s/%s: %d" % (kind, outcome, count) for (kind, outcome), count in sorted(outcomes.items()))
-    print("%d cases in %.1f s: %s" % (CASES, elapsed, summary))
+    print("%s: %d cases in %.1f s: %s; %d decodes checked against CompressAI's, %d refused where CompressAI "
+          "decoded its padding" % (backend, CASES, elapsed, summary, cross_checked, stricter))
 
     def total(kind=None, outcome=None):
         return sum(count for (k, o), count in outcomes.items()
@@ -194,8 +234,78 @@ def test_mutated_payloads_decode_or_raise_ladon_errors():
 
     assert total() == CASES
     # The fuzz must reach the decoder with garbage often, and the checks before it must be doing work too.
-    assert total("forged", "decoded garbage") >= 2000
-    assert total("forged", "rejected by decode") >= 200
+    assert total("forged", "decoded garbage") + total("forged", "rejected by decode") >= 2500
     assert total("forged", "rejected by unpack") >= 2000
+    if backend == "compressai":
+        assert total("forged", "decoded garbage") >= 2000
+        assert total("forged", "rejected by decode") >= 200
+    else:
+        # Most garbage runs out of stream before the latent is complete: the native decoder refuses it.
+        assert total("forged", "decoded garbage") >= 200
+        assert total("forged", "rejected by decode") >= 2000
+        if cross is not None:
+            assert cross_checked == total("forged", "decoded") + total("forged", "decoded garbage") + \
+                total("splice", "decoded")
+            assert stricter >= 1000
     for kind in ("flip", "truncate", "extend", "random", "splice"):
         assert total(kind, "rejected by unpack") >= 0.95 * total(kind)
+
+
+NATIVE_GARBAGE = """
+    import sys
+    import time
+
+    import numpy as np
+    from ladon_deploy.runtime import _rans
+
+    sys.path.insert(0, sys.argv[1])
+    from test_fuzz import synthetic_tables
+
+    rng = np.random.default_rng(int(sys.argv[2]))
+    calls = decoded = refused = 0
+    started = time.perf_counter()
+    for round_ in range(60):
+        channels = int(rng.integers(1, 33))
+        tables = synthetic_tables(rng, channels)
+        cdf, lengths, offsets = tables["quantized_cdf"], tables["cdf_length"], tables["offset"]
+        for _ in range(50):
+            count = int(rng.choice([1, 4, 100, 1000, 20000, int(rng.integers(1, 300000))]))
+            indexes = rng.integers(0, channels, count).astype(np.int32)
+            if rng.random() < 0.05:  # an index outside the tables somewhere
+                indexes[int(rng.integers(0, count))] = int(rng.choice([-1, channels, 1 << 30]))
+            size = int(rng.choice([0, 1, 4, 7, 8, 12, 16, 64, int(rng.integers(0, 5000)), int(rng.integers(0, 200000))]))
+            filler = rng.random()
+            if filler < 0.1:
+                body = b"\\xff" * size
+            elif filler < 0.2:
+                body = b"\\x00" * size
+            else:
+                body = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+            out = np.zeros(count, np.int32)
+            calls += 1
+            try:
+                consumed = _rans.decode(body, indexes, cdf, lengths, offsets, out)
+            except ValueError:
+                refused += 1
+                continue
+            assert 8 <= consumed <= len(body) and consumed % 4 == 0, (consumed, len(body))
+            decoded += 1
+    print("DONE", calls, decoded, refused, "%.1f s" % (time.perf_counter() - started))
+"""
+
+
+@pytest.mark.slow
+def test_native_decoder_survives_raw_garbage():
+    """Random, all-zero and all-ones bodies of many lengths (0 to 200 kB, whole words or not), up to 300 k symbols,
+    some with indexes outside the tables, straight into _rans.decode: every call returns or raises ValueError, and
+    none reads past the body (it reports what it consumed). In a child process, so a crash reads as a failure."""
+    if not entropy.native_available():
+        pytest.skip("the native coder ladon_deploy.runtime._rans is not built")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(NATIVE_GARBAGE), os.path.dirname(__file__),
+                             str(SEED)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                            env=env, timeout=300, cwd=REPO)
+    assert result.returncode == 0, "native decoder failed (exit %d): %s" % (result.returncode, result.stdout[-3000:])
+    assert "DONE 3000" in result.stdout, result.stdout
+    print(result.stdout.strip())

@@ -1,0 +1,82 @@
+"""What a device runs for one configuration, as a process of its own, so that its peak memory can be measured.
+
+    python -m ladon_deploy.bench.device_process ladon --bundle B --image I [--copies 3]
+    python -m ladon_deploy.bench.device_process lc --image I --model a.onnx --model b.onnx --model c.onnx
+
+`ladon` runs the real mobile stage (`--copies 3` holds three of them: split computing with one single-task model per
+task). `lc` holds the three LC models of a configuration in ONNX Runtime and runs each once on the image. Nothing
+here imports torch: a device would not.
+"""
+import argparse
+import sys
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ladon_deploy.runtime import preprocess
+
+LC_IMAGENET_MEAN = preprocess.IMAGENET_MEAN
+LC_IMAGENET_STD = preprocess.IMAGENET_STD
+
+
+def lc_input(rgb: np.ndarray, task: str, shape: Sequence[int]) -> np.ndarray:
+    """The input an LC model's exported graph takes, from an RGB uint8 image (resize to the graph's static size).
+
+    Classifiers and segmenters take an ImageNet-normalised [1,3,H,W] tensor; detectors take the [3,H,W] image in
+    [0,1] and normalise and resize it inside the graph.
+    """
+    height, width = int(shape[-2]), int(shape[-1])
+    chw = rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    if task != "detection":
+        mean = np.asarray(LC_IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(LC_IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+        chw = (chw - mean) / std
+    if chw.shape[1:] != (height, width):
+        chw = preprocess.resize_bilinear(chw, height, width)
+    return chw[None] if task != "detection" else chw
+
+
+def run_ladon(bundle_dir: str, image: str, copies: int, threads: Optional[int]) -> int:
+    from ladon_deploy.export.bundle import open_bundle
+    from ladon_deploy.runtime.stages import MobileStage
+
+    bundle = open_bundle(bundle_dir, verify=False)
+    stages = [MobileStage(bundle, threads=threads) for _ in range(copies)]
+    total = 0
+    for stage in stages:
+        total += len(stage.run(image, tuple(bundle.tasks)).payload)
+    print(total)
+    return 0
+
+
+def run_lc(models: List[str], image: str, threads: Optional[int]) -> int:
+    from ladon_deploy.engines.ort_runner import OnnxRuntimeRunner
+
+    rgb = np.asarray(preprocess.load_image(image))
+    runners = []
+    for spec in models:
+        path, task = spec.rsplit(":", 1)
+        runners.append((OnnxRuntimeRunner(path, threads=threads), task))
+    for runner, task in runners:
+        name = runner.input_names[0]
+        runner.run({name: lc_input(rgb, task, runner.input_shape(name))})
+    print(len(runners))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["ladon", "lc"])
+    parser.add_argument("--bundle")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--copies", type=int, default=1)
+    parser.add_argument("--model", action="append", default=[], help="PATH:TASK of an LC model (repeat)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.kind == "ladon":
+        return run_ladon(args.bundle, args.image, args.copies, args.threads)
+    return run_lc(args.model, args.image, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
