@@ -87,15 +87,17 @@ def lc_model_names(quick: bool) -> Dict[str, List[str]]:
 def prepare_lc_models(settings: BenchSettings, progress: Progress) -> Dict[str, Dict[str, Any]]:
     """Exports each LC model to ONNX once (cached by name in the cache directory)."""
     from ladon_deploy.bench.lc_models import LC_MODELS, export_lc_model
+    from ladon_deploy.export.pipeline import OPSET
 
     os.makedirs(settings.cache_dir, exist_ok=True)
     prepared = collections.OrderedDict()  # type: Dict[str, Dict[str, Any]]
     for task, names in lc_model_names(settings.quick).items():
         for name in names:
-            path = os.path.join(settings.cache_dir, name + ".onnx")
+            # The same opset as the bundles, so that the LC baselines load on the same devices.
+            path = os.path.join(settings.cache_dir, "%s-opset%d.onnx" % (name, OPSET))
             if not os.path.isfile(path):
                 progress("exporting LC model %s" % name)
-                result = export_lc_model(name, path + ".partial", verify=False)
+                result = export_lc_model(name, path + ".partial", opset=OPSET, verify=False)
                 if result["error"]:
                     raise RuntimeError("cannot export %s: %s" % (name, result["error"]))
                 os.replace(path + ".partial", path)

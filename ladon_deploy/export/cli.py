@@ -35,6 +35,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the parity check")
     parser.add_argument("--save-merged", metavar="PATH", help="also write the loaded model as one merged file")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
+    parser.add_argument("--timings-json", metavar="PATH", help="also write the step timings (seconds) as JSON")
     return parser
 
 
@@ -117,6 +118,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         check["max_score_error"])
                 sys.stderr.write("parity %-9s %s  ok\n" % (stage, figure))
         print(args.out)
+    if args.timings_json:
+        import json
+
+        with open(args.timings_json, "w") as handle:
+            json.dump(dict(timer.steps), handle, indent=1)
     return 0
 
 

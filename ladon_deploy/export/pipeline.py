@@ -23,7 +23,9 @@ from ladon_deploy.export.bundle import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NA
 from ladon_deploy.export.stages import FEATURE_NAMES, StageSpec, stage_specs
 from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD, INPUT_SIZE, PAD_MULTIPLE, LadonModel
 
-OPSET = 17
+# The newest opset the oldest target reads: onnxruntime 1.10.0 (the last Python 3.6 wheel, JetPack 4.6 on the Nano)
+# refuses opset 17 models, and TensorRT 8.2's parser documents opsets up to 13.
+OPSET = 13
 RESIZE_POLICIES = ("longer_side", "square")
 SPLIT_POINTS = ("bottleneck",)
 

@@ -17,7 +17,7 @@ def test_demo_bundle_manifest_is_complete(demo_bundle):
     manifest = bundle.manifest
     assert manifest["architecture"] == "resnet50" and manifest["bottleneck_channels"] == 24
     assert manifest["tasks"] == ["cls", "det", "seg"]
-    assert manifest["opset"] == 17 and manifest["toolkit_version"]
+    assert manifest["opset"] == 13 and manifest["toolkit_version"]
     assert manifest["preprocessing"]["resize"] == "longer_side" and manifest["preprocessing"]["input_size"] == 416
     assert manifest["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert set(manifest["stages"]) == set(STAGE_FILES)
