@@ -142,10 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = suite.BenchSettings(args.bundle, images, rates, out_dir, device=args.device, repeats=repeats,
                                    warmup=warmup, rtt=rtt, threads=args.threads, sizes=sizes, quick=args.quick,
                                    cache_dir=args.cache)
-    names = suite.lc_model_names(args.quick)
-    lc_count = sum(len(v) for v in names.values())
-    configurations = len(names["classification"]) * len(names["detection"]) * len(names["segmentation"]) + 2
-    bar = ProgressBar(total=2 * lc_count + len(images) + configurations)
+    bar = ProgressBar(total=suite.steps_planned(settings))
     try:
         result = suite.run_suite(settings, bar)
     finally:

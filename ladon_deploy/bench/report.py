@@ -92,9 +92,9 @@ def plot_latency(rows: List[Dict[str, Any]], rate: str, path: str, label: str = 
     names = [row["configuration"] for row in selected]
     figure, axis = plt.subplots(figsize=(10, 0.32 * len(names) + 1.6))
     left = [0.0] * len(names)
-    for key, label, color in SEGMENTS:
+    for key, segment, color in SEGMENTS:
         values = [row[key] / 1e3 for row in selected]
-        axis.barh(names, values, left=left, label=label, color=color)
+        axis.barh(names, values, left=left, label=segment, color=color)
         left = [a + b for a, b in zip(left, values)]
     axis.set_xlabel("end-to-end latency per image (s)")
     axis.set_title("End-to-end latency at %s%s" % (rate, "\n(measured on %s)" % label if label else ""), fontsize=10)

@@ -84,6 +84,22 @@ def lc_model_names(quick: bool) -> Dict[str, List[str]]:
     return {task: names(task) for task in ("classification", "detection", "segmentation")}
 
 
+def lc_model_path(settings: BenchSettings, name: str) -> str:
+    from ladon_deploy.export.pipeline import OPSET
+
+    # The same opset as the bundles, so that the LC baselines load on the same devices.
+    return os.path.join(settings.cache_dir, "%s-opset%d.onnx" % (name, OPSET))
+
+
+def steps_planned(settings: BenchSettings) -> int:
+    """How many progress steps run_suite reports: exports still to do, one per model, image and configuration."""
+    names = lc_model_names(settings.quick)
+    models = [name for task_names in names.values() for name in task_names]
+    exports = sum(1 for name in models if not os.path.isfile(lc_model_path(settings, name)))
+    configurations = len(names["classification"]) * len(names["detection"]) * len(names["segmentation"]) + 2
+    return exports + len(models) + len(settings.images) + configurations
+
+
 def prepare_lc_models(settings: BenchSettings, progress: Progress) -> Dict[str, Dict[str, Any]]:
     """Exports each LC model to ONNX once (cached by name in the cache directory)."""
     from ladon_deploy.bench.lc_models import LC_MODELS, export_lc_model
@@ -93,8 +109,7 @@ def prepare_lc_models(settings: BenchSettings, progress: Progress) -> Dict[str, 
     prepared = collections.OrderedDict()  # type: Dict[str, Dict[str, Any]]
     for task, names in lc_model_names(settings.quick).items():
         for name in names:
-            # The same opset as the bundles, so that the LC baselines load on the same devices.
-            path = os.path.join(settings.cache_dir, "%s-opset%d.onnx" % (name, OPSET))
+            path = lc_model_path(settings, name)
             if not os.path.isfile(path):
                 progress("exporting LC model %s" % name)
                 result = export_lc_model(name, path + ".partial", opset=OPSET, verify=False)
@@ -313,7 +328,7 @@ def run_suite(settings: BenchSettings, progress: Progress) -> Dict[str, Any]:
         "settings": {"bundle": settings.bundle_dir, "images": settings.images, "rates": settings.rates,
                      "rtt_s": settings.rtt, "repeats": settings.repeats, "warmup": settings.warmup,
                      "device": settings.device, "threads": settings.threads, "quick": settings.quick},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": cpu_model() or platform.machine(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "onnxruntime": onnxruntime.__version__},
         "runner": {"engine": settings.engine, "precision": "fp32", "device": settings.device},
@@ -321,6 +336,18 @@ def run_suite(settings: BenchSettings, progress: Progress) -> Dict[str, Any]:
         "glue_ms": {"median_over_images": _median_over_images(glue), "per_image": glue},
         "bench_seconds": time.perf_counter() - started,
     }
+
+
+def cpu_model() -> Optional[str]:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), so reports say which machine produced them."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def write_json(result: Dict[str, Any], path: str) -> None:
