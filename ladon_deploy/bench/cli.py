@@ -16,7 +16,6 @@ import warnings
 from typing import List, Optional, Sequence
 
 from ladon_deploy.cli_support import OneLineParser, UsageError, run_command
-from ladon_deploy.errors import LadonError
 
 PROG = "ladon-bench"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -40,13 +40,14 @@ detectors with a score threshold of 0.001 (``DETECTOR_SCORE_THRESH``; SSDLite's 
 every run keeps the maximum number of detections (100 / 200 / 300), deterministically. Override with
 ``build_lc_model(name, score_thresh=...)``.
 
-Export. Every model exports with the TorchScript exporter (``dynamo=False``; ladon-bench asks for opset 13, the bundles' opset): it folds batch-norm into
-the convolutions, is fast on small machines and handles the detectors (the dynamo exporter fails on Faster R-CNN's
-data-dependent NMS guard). Detectors are wrapped so that the ONNX graph takes a single float32 image tensor
-``image`` [3, H, W] in [0, 1] and returns ``boxes`` [N, 4] (x1, y1, x2, y2 in input pixels), ``scores`` [N] and
-``labels`` [N] (int64, COCO category ids); classifiers take ``input`` [1, 3, H, W] (ImageNet-normalized) and
-return ``logits`` [1, 1000]; segmenters take ``input`` [1, 3, H, W] and return ``out`` [1, 21, H, W] (the aux
-head is off: it is training-only). The graph has static shapes (the export size); re-export for another size.
+Export. Every model exports with the TorchScript exporter (``dynamo=False``; ladon-bench asks for opset 13, the
+bundles' opset): it folds batch-norm into the convolutions, is fast on small machines and handles the detectors
+(the dynamo exporter fails on Faster R-CNN's data-dependent NMS guard). Detectors are wrapped so that the ONNX
+graph takes a single float32 image tensor ``image`` [3, H, W] in [0, 1] and returns ``boxes`` [N, 4] (x1, y1,
+x2, y2 in input pixels), ``scores`` [N] and ``labels`` [N] (int64, COCO category ids); classifiers take
+``input`` [1, 3, H, W] (ImageNet-normalized) and return ``logits`` [1, 1000]; segmenters take ``input`` [1, 3,
+H, W] and return ``out`` [1, 21, H, W] (the aux head is off: it is training-only). The graph has static shapes
+(the export size); re-export for another size.
 
 Parity (``export_lc_model(..., verify=True)``): ONNX Runtime (CPU) against torch on a seeded input; dense
 outputs report the max abs diff; detections are matched greedily (same label, IoU >= 0.5) and report the

@@ -10,7 +10,6 @@ sessions, every child would report the benchmark's own gigabytes. So the target 
 interpreter, whose few MB are all that can leak into the figure.
 """
 import json
-import os
 import sys
 from typing import Dict, List, Optional, Sequence
 

@@ -20,7 +20,7 @@ from ladon_deploy.errors import ExportError
 from ladon_deploy.export import parity
 from ladon_deploy.export.bundle import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STAGE_FILES,
                                         bundle_id_from_hashes, sha256_of)
-from ladon_deploy.export.stages import FEATURE_NAMES, StageSpec, stage_specs
+from ladon_deploy.export.stages import StageSpec, stage_specs
 from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD, INPUT_SIZE, PAD_MULTIPLE, LadonModel
 
 # The newest opset the oldest target reads: onnxruntime 1.10.0 (the last Python 3.6 wheel, JetPack 4.6 on the Nano)

@@ -9,7 +9,6 @@
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from ladon_deploy.models.ladon import LadonModel

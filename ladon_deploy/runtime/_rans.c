@@ -119,6 +119,18 @@ typedef struct {
     uint32_t search;
 } Bucket;
 
+/* A channel's most probable interval, when it is probable enough (at least DOMINANT_MIN_FREQ of 2**16) that
+ * testing it first pays: the test needs no table load, so a correctly predicted hit takes the load off the
+ * state's dependency chain; a miss falls through to the buckets. freq == 0 disables it (the test never holds). */
+typedef struct {
+    uint32_t start;
+    uint32_t freq;
+    int32_t s;
+    uint32_t unused;
+} Dominant;
+
+#define DOMINANT_MIN_FREQ 57344u /* 7/8: above the hit rate at which a mispredicted branch costs more than it saves */
+
 typedef struct {
     Py_ssize_t channels;
     Py_ssize_t lmax;
@@ -127,6 +139,7 @@ typedef struct {
     int64_t *offset;
     EncodeSymbol *encode;  /* channels x lmax (encoder only) */
     Bucket *bucket;        /* channels x BUCKETS (decoder only), for cum >> BUCKET_SHIFT */
+    Dominant *dominant;    /* channels (decoder only) */
 } Tables;
 
 static void tables_free(Tables *tables) {
@@ -135,6 +148,7 @@ static void tables_free(Tables *tables) {
     free(tables->offset);
     free(tables->encode);
     free(tables->bucket);
+    free(tables->dominant);
     memset(tables, 0, sizeof(*tables));
 }
 
@@ -270,7 +284,8 @@ static int tables_load(Tables *tables, PyObject *cdfs_obj, PyObject *lengths_obj
         }
     } else {
         tables->bucket = (Bucket *)malloc((size_t)channels * BUCKETS * sizeof(Bucket));
-        if (tables->bucket == NULL) {
+        tables->dominant = (Dominant *)calloc((size_t)channels, sizeof(Dominant));
+        if (tables->bucket == NULL || tables->dominant == NULL) {
             PyErr_NoMemory();
             goto done;
         }
@@ -278,6 +293,15 @@ static int tables_load(Tables *tables, PyObject *cdfs_obj, PyObject *lengths_obj
             const int32_t *row = tables->cdf + c * lmax;
             int32_t s = 0;
             uint32_t b;
+            /* the escape interval (max_value) is never a dominant one: its symbol needs the escape path */
+            for (j = 0; j < tables->max_value[c]; j++) {
+                const uint32_t freq = (uint32_t)(row[j + 1] - row[j]);
+                if (freq >= DOMINANT_MIN_FREQ) {
+                    tables->dominant[c].start = (uint32_t)row[j];
+                    tables->dominant[c].freq = freq;
+                    tables->dominant[c].s = (int32_t)j;
+                }
+            }
             for (b = 0; b < BUCKETS; b++) {
                 Bucket *bucket = &tables->bucket[c * BUCKETS + b];
                 const uint32_t end = (b + 1) << BUCKET_SHIFT; /* the bucket is [b << BUCKET_SHIFT, end) */
@@ -597,6 +621,7 @@ static int decode_loop(Decoder *dec, const int32_t *indexes, int32_t *out, Py_ss
         const int32_t index = indexes[i];
         uint32_t cum, start, freq;
         const Bucket *bucket;
+        const Dominant *dominant;
         int32_t s, max_value;
         int64_t value;
         if (index < 0 || index >= tables->channels) {
@@ -609,8 +634,13 @@ static int decode_loop(Decoder *dec, const int32_t *indexes, int32_t *out, Py_ss
          * gives it, or where to start looking; the search stops at s <= max_value because
          * row[max_value + 1] == 2**16 > cum */
         cum = (uint32_t)(dec->state & (PROB_SCALE - 1));
+        dominant = &tables->dominant[index];
         bucket = &tables->bucket[(Py_ssize_t)index * BUCKETS + (Py_ssize_t)(cum >> BUCKET_SHIFT)];
-        if (!bucket->search) {
+        if (cum - dominant->start < dominant->freq) { /* unsigned: start <= cum < start + freq */
+            s = dominant->s;
+            start = dominant->start;
+            freq = dominant->freq;
+        } else if (!bucket->search) {
             const uint32_t take = cum >= (bucket->high & 0xFFFF);
             const uint32_t packed = take ? bucket->high : bucket->low;
             s = bucket->base + (int32_t)take;

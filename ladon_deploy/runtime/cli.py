@@ -17,7 +17,7 @@ from ladon_deploy.engines.registry import ENGINES
 from ladon_deploy.errors import LadonError, PayloadError
 from ladon_deploy.export.bundle import TASK_HEADS, open_bundle
 from ladon_deploy.runtime import link
-from ladon_deploy.runtime.stages import MobileStage, ServerResult, ServerStage, parse_tasks, select_tasks
+from ladon_deploy.runtime.stages import MobileStage, ServerStage, parse_tasks, select_tasks
 
 PROG = "ladon-run"
 MAX_PAYLOAD_FILE = 64 << 20

@@ -1,5 +1,4 @@
 """LC baselines: registry, seeded random weights (nothing downloaded), ONNX export and ONNX Runtime parity."""
-import numpy as np
 import onnx
 import pytest
 

@@ -153,3 +153,16 @@ def test_square_policy_and_subset_of_tasks(demo_model, tmp_path):
     assert manifest["tasks"] == ["cls"] and manifest["preprocessing"]["resize"] == "square"
     assert set(manifest["stages"]) == {"encoder", "entropy", "body", "head_cls"}
     assert sha256_of(str(tmp_path / "b" / "encoder.onnx")) == manifest["stages"]["encoder"]["sha256"]
+
+
+@pytest.mark.slow
+def test_resnest269e_exports_with_parity(tmp_path):
+    from ladon_deploy.models.ladon import build_demo_model
+
+    model = build_demo_model("resnest269e", tasks=("cls",))
+    manifest = pipeline.export_bundle(model, str(tmp_path / "resnest"))
+    assert manifest["architecture"] == "resnest269e" and manifest["bottleneck_channels"] == 32
+    assert manifest["stages"]["encoder"]["outputs"][0]["shape"][1] == 32
+    assert all(check["passed"] for check in manifest["parity"].values())
+    tables = open_bundle(str(tmp_path / "resnest")).load_entropy_tables()
+    assert tables["quantized_cdf"].shape[0] == 32

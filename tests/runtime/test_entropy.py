@@ -360,6 +360,40 @@ def test_native_matches_compressai_extension_on_random_tables():
         assert _rans.encode(symbols, indexes, cdf.reshape(-1), lengths, offsets) == body
 
 
+def test_native_dominant_interval_path_matches_compressai():
+    """Rows whose most probable interval holds >= 7/8 of the mass take the decoder's fast path: at the first
+    interval (start 0), in the middle, right before the escape interval, and exactly at the 7/8 threshold."""
+    _require("native")
+    from ladon_deploy.runtime import _rans
+
+    ans = entropy.load_rans()
+    rng = np.random.default_rng(78)
+    rows = []
+    for position, dominant in ((0, 65000), (5, 60000), (9, 57344), (3, 57343), (10, 65525)):
+        frequencies = np.ones(12, np.int64)  # 11 symbols + the escape interval
+        frequencies[position] = dominant
+        rest = 65536 - dominant - (len(frequencies) - 1)
+        frequencies[(position + 1) % len(frequencies)] += rest
+        rows.append([0] + np.cumsum(frequencies).tolist())
+    cdf = np.array(rows, np.int32)
+    lengths = np.full(len(rows), cdf.shape[1], np.int32)
+    offsets = np.array([-5, 0, 3, -1, 7], np.int32)
+    count = 40000
+    indexes = np.repeat(np.arange(len(rows), dtype=np.int32), count // len(rows))
+    low = offsets[indexes].astype(np.int64)
+    dominant_symbol = low + np.array([0, 5, 9, 3, 10])[indexes]
+    symbols = np.where(rng.random(count) < 0.93, dominant_symbol, _random_symbols(rng, count, indexes, lengths, offsets))
+    high = low + lengths[indexes] - 2
+    codes = np.where(symbols < low, 2 * (low - symbols) - 1, np.where(symbols >= high, 2 * (symbols - high), 0))
+    symbols = np.where(codes < (1 << 28), symbols, low).astype(np.int32)
+    args = (indexes.tolist(), cdf.tolist(), lengths.tolist(), offsets.tolist())
+    body = _rans.encode(symbols, indexes, cdf, lengths, offsets)
+    assert body == ans.RansEncoder().encode_with_indexes(symbols.tolist(), *args)
+    out = np.zeros(count, np.int32)
+    assert _rans.decode(body, indexes, cdf, lengths, offsets, out) == len(body)
+    np.testing.assert_array_equal(out, symbols)
+
+
 def test_native_codes_empty_and_tiny_inputs():
     """The native coder has no minimum (CompressAI's overflows its buffer below 4 symbols): 0 symbols is the bare
     final state, 2**31."""

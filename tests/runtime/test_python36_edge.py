@@ -8,7 +8,6 @@ byte-identical to the one this interpreter produces. (x86_64 here; the Jetson's 
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
