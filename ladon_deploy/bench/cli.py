@@ -82,20 +82,29 @@ def generated_images(directory: str) -> List[str]:
 
 
 class ProgressBar(object):
-    """A tqdm bar over the measurement steps, labelled with what runs now."""
+    """A tqdm bar over the measurement steps, labelled with what runs now; one line per step when not on a terminal
+    (CI logs), where a redrawn bar would only pile up carriage returns."""
 
     def __init__(self, total: int) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True)
+        self.total = total
+        self.done = 0
+        self.interactive = sys.stderr.isatty()
+        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True, leave=True,
+                        disable=not self.interactive)
         self.running = False
 
     def __call__(self, message: str) -> None:
         # A step is counted when the next one starts, so the bar shows what runs now and what is finished.
         if self.running:
             self.bar.update(1)
+            self.done += 1
         self.running = True
         self.bar.set_description(message[:60])
+        if not self.interactive:
+            sys.stderr.write("[ladon-bench %d/%d] %s\n" % (self.done + 1, self.total, message))
+            sys.stderr.flush()
 
     def close(self) -> None:
         if self.running:
