@@ -67,18 +67,8 @@ def generated_images(directory: str) -> List[str]:
     from ladon_deploy.bench.runtime_bench import make_bench_image
 
     os.makedirs(directory, exist_ok=True)
-    square = make_bench_image(os.path.join(directory, "generated-416x416.png"), 416, seed=1)
-    wide = os.path.join(directory, "generated-480x640.png")
-    if not os.path.isfile(wide):
-        import numpy as np
-        from PIL import Image
-
-        rng = np.random.default_rng(2)
-        yy, xx = np.mgrid[0:480, 0:640]
-        pixels = np.stack([xx * 255.0 / 640, yy * 255.0 / 480, (xx + yy) * 127.0 / 1120], -1)
-        pixels = pixels * 0.7 + rng.normal(0, 30, (480, 640, 3))
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(wide)
-    return [square, wide]
+    return [make_bench_image(os.path.join(directory, "generated-416x416.png"), 416, seed=1),
+            make_bench_image(os.path.join(directory, "generated-480x640.png"), 480, seed=2, width=640)]
 
 
 class ProgressBar(object):

@@ -26,9 +26,10 @@ def _format(key: str, value: Any) -> str:
 def write_csv(rows: List[Dict[str, Any]], path: str) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([key for key, _ in COLUMNS] + ["payload_source"])
+        provenance = ["payload_source", "engine", "precision", "device"]
+        writer.writerow([key for key, _ in COLUMNS] + provenance)
         for row in rows:
-            writer.writerow([row[key] for key, _ in COLUMNS] + [row["payload_source"]])
+            writer.writerow([row[key] for key, _ in COLUMNS] + [row.get(key, "") for key in provenance])
 
 
 def markdown_table(rows: List[Dict[str, Any]]) -> str:

@@ -42,13 +42,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def make_bench_image(path: str, size: int = 416, seed: int = 0) -> str:
+def make_bench_image(path: str, size: int = 416, seed: int = 0, width: Optional[int] = None) -> str:
+    """A seeded photo-like test image (colour gradients plus texture) of size x size, or size x width, as PNG."""
     from PIL import Image
 
+    height, width = size, width or size
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = np.stack([xx * 255.0 / size, yy * 255.0 / size, (xx + yy) * 127.0 / size], -1)
-    pixels = base * 0.7 + rng.normal(0, 30, (size, size, 3))
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255.0 / width, yy * 255.0 / height, (xx + yy) * 127.0 / (height + width) * 2], -1)
+    pixels = base * 0.7 + rng.normal(0, 30, (height, width, 3))
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
     return path
 

@@ -320,6 +320,9 @@ def run_suite(settings: BenchSettings, progress: Progress) -> Dict[str, Any]:
     configurations = build_configurations(prepared, ladon, settings, settings.sizes)
     measure_memory(settings, prepared, configurations, progress)
     rows = rows_for_rates(configurations, settings.rates, settings.rtt)
+    runner = {"engine": settings.engine, "precision": "fp32", "device": settings.device}
+    for row in rows:
+        row.update(runner)
     glue = [image["glue"]["median_ms"] for image in ladon["per_image"]]
     import onnxruntime
     import platform
@@ -331,7 +334,7 @@ def run_suite(settings: BenchSettings, progress: Progress) -> Dict[str, Any]:
         "machine": {"platform": platform.platform(), "processor": cpu_model() or platform.machine(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "onnxruntime": onnxruntime.__version__},
-        "runner": {"engine": settings.engine, "precision": "fp32", "device": settings.device},
+        "runner": runner,
         "lc_models": prepared, "ladon": ladon, "configurations": configurations, "rows": rows,
         "glue_ms": {"median_over_images": _median_over_images(glue), "per_image": glue},
         "bench_seconds": time.perf_counter() - started,

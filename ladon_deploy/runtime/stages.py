@@ -18,7 +18,6 @@ from ladon_deploy.export.bundle import TASK_HEADS, TASKS, Bundle
 from ladon_deploy.runtime import postprocess, preprocess, wire
 from ladon_deploy.runtime.entropy import EntropyCoder
 
-Timings = "collections.OrderedDict[str, float]"
 
 
 def select_tasks(bundle: Bundle, requested: Optional[Sequence[str]]) -> Tuple[str, ...]:

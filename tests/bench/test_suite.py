@@ -173,4 +173,7 @@ def test_quick_bench_end_to_end(capsys, tmp_path, demo_bundle):
     assert abs(ladon["gmac"] - 2.03) / 2.03 <= 0.03
     assert all(ladon["peak_rss_mb"] < c["peak_rss_mb"] for c in lc)
     assert result["runner"] == {"engine": "onnxruntime", "precision": "fp32", "device": "cpu"}
+    assert all(row["engine"] == "onnxruntime" and row["device"] == "cpu" for row in result["rows"])
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header.endswith("payload_source,engine,precision,device")
     assert "Ladon / smallest LC" in captured.out
