@@ -211,7 +211,7 @@ def measure_memory(settings: BenchSettings, prepared: Dict[str, Dict[str, Any]],
             for name in config["models"]:
                 command += ["--model", "%s:%s" % (prepared[name]["path"], prepared[name]["task"])]
         else:
-            copies = 3 if config["family"] == SC_FAMILY else 1
+            copies = config.get("single_task_models", 1)
             command = base + ["ladon", "--bundle", settings.bundle_dir, "--image", image, "--copies", str(copies)]
             command += threads
         peak = memory.measure(command)
@@ -248,6 +248,9 @@ def build_configurations(prepared: Dict[str, Dict[str, Any]], ladon: Dict[str, A
 
     mobile_compute = ("mobile/preprocess", "mobile/encoder", "mobile/quantize", "mobile/frame")
     heads = ("server/head_cls", "server/head_det", "server/head_seg")
+    # SC runs one single-task model per task the bundle serves, each with its own encoder, payload and body.
+    tasks = ladon["tasks"]
+    single_task_models = len(tasks)
     ladon_device, ladon_coding, ladon_server, sc_device, sc_coding, sc_server = [], [], [], [], [], []
     for image in ladon["per_image"]:
         device = sum(stage(image, s) for s in mobile_compute)
@@ -257,24 +260,28 @@ def build_configurations(prepared: Dict[str, Dict[str, Any]], ladon: Dict[str, A
         ladon_device.append(device)
         ladon_coding.append(coding)
         ladon_server.append(trunk + head_total)
-        sc_device.append(3 * device)
-        sc_coding.append(3 * coding)
-        sc_server.append(3 * trunk + head_total)
+        sc_device.append(single_task_models * device)
+        sc_coding.append(single_task_models * coding)
+        sc_server.append(single_task_models * trunk + head_total)
     measured_bytes = [image["payload_bytes"] for image in ladon["per_image"]]
     if sizes:
         ladon_bytes = [int(sizes["ladon"])] * len(measured_bytes)
-        sc_bytes = [int(sizes["sc_cls"]) + int(sizes["sc_det"]) + int(sizes["sc_seg"])] * len(measured_bytes)
+        sc_bytes = [sum(int(sizes["sc_" + task]) for task in tasks)] * len(measured_bytes)
         source = "--sizes file"
     else:
         ladon_bytes = measured_bytes
-        sc_bytes = [3 * b for b in measured_bytes]
+        sc_bytes = [single_task_models * b for b in measured_bytes]
         source = "measured payloads of the bundle"
     encoder_gmac = _median_over_images([image["encoder_gmac"] for image in ladon["per_image"]])
     channels = ladon["per_image"][0]["latent_shape"][0]
-    configurations.append({"name": "SC ResNet-50 FP-%d x3" % channels, "family": SC_FAMILY, "models": [],
+    trunk_name = {"resnet50": "ResNet-50", "resnest269e": "ResNeSt-269e"}.get(ladon["architecture"],
+                                                                            ladon["architecture"])
+    configurations.append({"name": "SC %s FP-%d x%d" % (trunk_name, channels, single_task_models),
+                           "family": SC_FAMILY, "models": [],
                            "device_ms": sc_device, "coding_ms": sc_coding, "server_ms": sc_server,
-                           "payload_bytes": sc_bytes, "payload_source": source, "gmac": 3 * encoder_gmac,
-                           "weight_bytes": 3 * ladon["encoder_weight_bytes"]})
+                           "payload_bytes": sc_bytes, "payload_source": source, "gmac": single_task_models * encoder_gmac,
+                           "weight_bytes": single_task_models * ladon["encoder_weight_bytes"],
+                           "single_task_models": single_task_models})
     configurations.append({"name": "Ladon %s" % ladon["architecture"], "family": LADON_FAMILY, "models": [],
                            "device_ms": ladon_device, "coding_ms": ladon_coding, "server_ms": ladon_server,
                            "payload_bytes": ladon_bytes, "payload_source": source, "gmac": encoder_gmac,

@@ -32,7 +32,7 @@ def _ladon(payloads=(5000, 7000)):
         return {"payload_bytes": payload, "latent_shape": [24, 103, 103], "encoder_gmac": 2.03,
                 "stages": {k: {"median_ms": v * scale} for k, v in stages.items()}}
 
-    return {"architecture": "resnet50", "encoder_weight_bytes": 555000,
+    return {"architecture": "resnet50", "encoder_weight_bytes": 555000, "tasks": ["cls", "det", "seg"],
             "per_image": [image(payloads[0], 1.0), image(payloads[1], 1.1)]}
 
 
