@@ -155,3 +155,16 @@ def test_mobile_process_never_imports_torch(demo_bundle, image, tmp_path):
                              str(out), "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["classification"]
+
+
+def test_cuda_engine_without_provider_is_one_line(demo_bundle, image, tmp_path, capsys):
+    from ladon_deploy.engines.ort_runner import available_providers
+
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    code, _, err = _run(["mobile", "--bundle", demo_bundle, "--image", image, "--out", str(tmp_path / "p"),
+                         "--engine", "onnxruntime-cuda"], capsys)
+    _one_line_error(code, err, "no execution provider CUDAExecutionProvider")
+    code, _, err = _run(["mobile", "--bundle", demo_bundle, "--image", image, "--out", str(tmp_path / "p"),
+                         "--engine", "tensorrt"], capsys)
+    _one_line_error(code, err, "unknown --engine")
