@@ -77,7 +77,7 @@ class BenchSettings(object):
 
 
 def lc_model_names(quick: bool) -> Dict[str, List[str]]:
-    from ladon_deploy.bench.lc_models import lc_model_names as names
+    from ladon_deploy.models.baselines import lc_model_names as names
 
     if quick:
         return QUICK_LC
@@ -102,7 +102,8 @@ def steps_planned(settings: BenchSettings) -> int:
 
 def prepare_lc_models(settings: BenchSettings, progress: Progress) -> Dict[str, Dict[str, Any]]:
     """Exports each LC model to ONNX once (cached by name in the cache directory)."""
-    from ladon_deploy.bench.lc_models import LC_MODELS, export_lc_model
+    from ladon_deploy.export.baselines import export_lc_model
+    from ladon_deploy.models.baselines import LC_MODELS
     from ladon_deploy.export.pipeline import OPSET
 
     os.makedirs(settings.cache_dir, exist_ok=True)

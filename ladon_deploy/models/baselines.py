@@ -49,20 +49,15 @@ x2, y2 in input pixels), ``scores`` [N] and ``labels`` [N] (int64, COCO category
 H, W] and return ``out`` [1, 21, H, W] (the aux head is off: it is training-only). The graph has static shapes
 (the export size); re-export for another size.
 
-Parity (``export_lc_model(..., verify=True)``): ONNX Runtime (CPU) against torch on a seeded input; dense
-outputs report the max abs diff; detections are matched greedily (same label, IoU >= 0.5) and report the
-number matched / unmatched and the max abs box coordinate diff in pixels (must be <= 0.5 px) and score diff.
+Exporting and checking the exports: export/baselines.py.
 """
 
-import os
-import time
 from collections import OrderedDict
 
 __all__ = ["LCModelSpec", "LC_MODELS", "DETECTOR_SCORE_THRESH", "build_lc_model", "example_input",
-           "export_lc_model", "lc_model_names", "verify_onnx_against_torch"]
+           "io_names", "lc_model_names", "lc_spec", "wrap_for_export"]
 
 DETECTOR_SCORE_THRESH = 0.001
-BOX_TOLERANCE_PX = 0.5
 
 
 class LCModelSpec(object):
@@ -191,7 +186,8 @@ def lc_model_names(task=None):
     return [n for n, s in LC_MODELS.items() if task is None or s.task == task]
 
 
-def _spec(name):
+def lc_spec(name):
+    """The registry entry of ``name``; KeyError naming the known models otherwise."""
     try:
         return LC_MODELS[name]
     except KeyError:
@@ -205,7 +201,7 @@ def build_lc_model(name, seed=0, input_size=None, **overrides):
     registry's); ``calibrate_bn=False`` keeps torchvision's initial statistics; other keyword arguments go to the
     torchvision builder (``score_thresh=`` is accepted for every detector).
     """
-    return _spec(name).builder(seed=seed, input_size=input_size, **overrides)
+    return lc_spec(name).builder(seed=seed, input_size=input_size, **overrides)
 
 
 def _wrappers():
@@ -237,7 +233,7 @@ def _wrappers():
 
 def wrap_for_export(name, model):
     """The module that is exported: detectors and segmenters get a single-tensor interface."""
-    task = _spec(name).task
+    task = lc_spec(name).task
     det, seg = _wrappers()
     if task == "detection":
         return det(model).eval()
@@ -247,7 +243,7 @@ def wrap_for_export(name, model):
 
 
 def io_names(name):
-    task = _spec(name).task
+    task = lc_spec(name).task
     if task == "detection":
         return ["image"], ["boxes", "scores", "labels"]
     if task == "segmentation":
@@ -259,107 +255,9 @@ def example_input(name, input_size=None, seed=0):
     """A seeded input of the exported graph: [3, H, W] uniform [0, 1) image for detectors, a standard-normal
     (normalized-image-like) [1, 3, H, W] tensor otherwise."""
     import torch
-    spec = _spec(name)
+    spec = lc_spec(name)
     shape = input_shape_for(spec, input_size or spec.input_size)
     gen = torch.Generator().manual_seed(seed)
     if spec.task == "detection":
         return torch.rand(shape, generator=gen)
     return torch.randn(shape, generator=gen)
-
-
-def verify_onnx_against_torch(name, module, onnx_path, x, threads=None):
-    """Run the exported graph in ONNX Runtime and ``module`` (the wrapped model) in torch on ``x``."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    sess = ort.InferenceSession(os.fspath(onnx_path), so, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-    t0 = time.perf_counter()
-    got = sess.run(None, feed)
-    ort_s = time.perf_counter() - t0
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        ref = module(x)
-        torch_s = time.perf_counter() - t0
-    ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
-    task = _spec(name).task
-    res = {"ort_run_s": ort_s, "torch_run_s": torch_s}
-    if task == "detection":
-        from ladon_deploy.export.parity import compare_detections
-
-        m = compare_detections(ref, got)
-        res.update(m)
-        # An LC export must reproduce every detection, not just the fraction a bundle export tolerates.
-        res["ok"] = bool(m["detections_reference"] == m["detections_candidate"] == m["matched"]
-                         and m["max_box_error_px"] <= BOX_TOLERANCE_PX)
-    else:
-        diff = max(float(np.abs(r.astype(np.float64) - g.astype(np.float64)).max()) for r, g in zip(ref, got))
-        scale = max(float(np.abs(r).max()) for r in ref)
-        res["max_abs_diff"] = diff
-        res["max_abs_ref"] = scale
-        res["ok"] = bool(diff <= 1e-3 * max(1.0, scale))
-    return res
-
-
-def export_lc_model(name, out_path, opset=17, input_size=None, seed=0, verify=True, model=None,
-                    input_seed=1):
-    """Export LC model ``name`` to ONNX at a fixed input size and (optionally) check it against torch.
-
-    Args:
-        name: registry name (see ``LC_MODELS``).
-        out_path: path of the .onnx file to write (parent directories are created).
-        opset: ONNX opset (17 by default).
-        input_size: (H, W); default: the registry's.
-        seed: weight seed (``build_lc_model``); ignored when ``model`` is given.
-        verify: run ONNX Runtime against torch on a seeded input (``example_input(seed=input_seed)``).
-        model: an already built (unwrapped) torchvision model to export instead of building one.
-
-    Returns:
-        dict: name, task, path, input_name, input_shape, output_names, opset, exporter, export_s, file_bytes,
-        ok, error (None or the reason the export failed), parity (the verification dict, or None).
-    """
-    import torch
-    spec = _spec(name)
-    size = tuple(input_size or spec.input_size)
-    shape = input_shape_for(spec, size)
-    in_names, out_names = io_names(name)
-    out_path = os.fspath(out_path)
-    parent = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(parent, exist_ok=True)
-    result = OrderedDict([("name", name), ("task", spec.task), ("path", out_path), ("input_name", in_names[0]),
-                          ("input_shape", list(shape)), ("output_names", out_names), ("opset", int(opset)),
-                          ("exporter", "torchscript (dynamo=False)"), ("export_s", None), ("file_bytes", None),
-                          ("ok", False), ("error", None), ("parity", None)])
-    if model is None:
-        model = build_lc_model(name, seed=seed, input_size=size)
-    module = wrap_for_export(name, model.eval())
-    x = example_input(name, size, seed=input_seed)
-    t0 = time.perf_counter()
-    try:
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                torch.onnx.export(module, (x,), out_path, dynamo=False, opset_version=int(opset),
-                                  input_names=in_names, output_names=out_names, do_constant_folding=True)
-    except Exception as exc:  # record why and move on: the caller decides whether that is fatal
-        result["export_s"] = time.perf_counter() - t0
-        result["error"] = "%s: %s" % (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return result
-    result["export_s"] = time.perf_counter() - t0
-    result["file_bytes"] = os.path.getsize(out_path)
-    if verify:
-        try:
-            result["parity"] = verify_onnx_against_torch(name, module, out_path, x)
-        except Exception as exc:
-            result["error"] = "ONNX Runtime check failed: %s: %s" % (type(exc).__name__, exc)
-            return result
-        result["ok"] = bool(result["parity"]["ok"])
-        if not result["ok"]:
-            result["error"] = "parity check failed: %s" % (result["parity"],)
-    else:
-        result["ok"] = True
-    return result
