@@ -104,17 +104,13 @@ class StageInputs(object):
         return [self.features[3]]
 
 
-def check_stage(spec: StageSpec, path: str, inputs: List[torch.Tensor], threads: Optional[int]) -> Dict[str, Any]:
+def check_stage(spec: StageSpec, runner: OnnxRuntimeRunner, inputs: List[torch.Tensor]) -> Dict[str, Any]:
     with torch.no_grad():
         reference = spec.module(*inputs)
     if isinstance(reference, torch.Tensor):
         reference = (reference,)
     reference = [r.detach().cpu().numpy() for r in reference]
-    runner = OnnxRuntimeRunner(path, threads=threads)
-    try:
-        outputs = runner.run({name: t.numpy() for name, t in zip(spec.inputs, inputs)})
-    finally:
-        runner.close()
+    outputs = runner.run({name: t.numpy() for name, t in zip(spec.inputs, inputs)})
     candidate = [outputs[name] for name in spec.outputs]
     if spec.name == "head_det":
         return parity.compare_detections(reference, candidate)
@@ -177,7 +173,9 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
             timings["export_" + spec.name] = time.perf_counter() - started
             progress("checking %s against PyTorch" % spec.name)
             started = time.perf_counter()
-            results = [check_stage(spec, path, probe.for_stage(spec.name), threads) for probe in probes]
+            # One session per stage serves every probe size: the body alone is ~100 MB to load.
+            with OnnxRuntimeRunner(path, threads=threads) as runner:
+                results = [check_stage(spec, runner, probe.for_stage(spec.name)) for probe in probes]
             timings["parity_" + spec.name] = time.perf_counter() - started
             checks[spec.name] = _merge_checks(results, sizes)
             stages[spec.name] = dict(_onnx_io(path), file=STAGE_FILES[spec.name], sha256=sha256_of(path))
@@ -191,10 +189,11 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
                                                                 "matched_fraction")}, check["tolerance"]))
 
         entropy_path = os.path.join(staging, STAGE_FILES["entropy"])
-        np.savez(entropy_path, **entropy_tables(model))
+        tables = entropy_tables(model)
+        np.savez(entropy_path, **tables)
         stages["entropy"] = {"file": STAGE_FILES["entropy"], "sha256": sha256_of(entropy_path),
                              "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.name}
-                                        for k, v in entropy_tables(model).items()},
+                                        for k, v in tables.items()},
                              "precision_bits": 16, "coder": "compressai rANS (EntropyBottleneck.compress layout)"}
         _describe_postprocessing(stages)
 
