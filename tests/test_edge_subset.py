@@ -10,8 +10,8 @@ import pytest
 import ladon_deploy
 
 PACKAGE = os.path.dirname(ladon_deploy.__file__)
-EDGE_PATHS = ["__init__.py", "errors.py", "cli_support.py", "runtime", "engines", "export/__init__.py",
-              "export/bundle.py"]
+EDGE_PATHS = ["__init__.py", "errors.py", "cli_support.py", "atomic.py", "bundle.py", "device", "engines",
+              "runtime"]
 FORBIDDEN = ("torch", "torchvision", "compressai", "sc2bench", "timm")
 
 

@@ -11,10 +11,10 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from typing import List, Optional, Sequence
 
+from ladon_deploy.atomic import make_staging_directory
 from ladon_deploy.cli_support import OneLineParser, UsageError, run_command
 
 PROG = "ladon-bench"
@@ -104,7 +104,7 @@ class ProgressBar(object):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ladon_deploy.runtime import link
+    from ladon_deploy.device import link
 
     rates = [r.strip() for r in args.rates.split(",") if r.strip()]
     if not rates:
@@ -122,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "CUDAExecutionProvider" not in available_providers():
             raise UsageError("--device cuda: this onnxruntime has no CUDA execution provider (install onnxruntime-gpu "
                              "on a machine with an NVIDIA GPU)")
-    from ladon_deploy.export.bundle import open_bundle
+    from ladon_deploy.bundle import open_bundle
 
     open_bundle(args.bundle)
     sizes = read_sizes(args.sizes) if args.sizes else None
@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bar.close()
 
     # Everything is written to a staging directory first, so an interrupted run never leaves half a report.
-    staging = tempfile.mkdtemp(prefix=".results.partial-", dir=out_dir)
+    staging = make_staging_directory(os.path.join(out_dir, "results"))
     try:
         suite.write_json(result, os.path.join(staging, "results.json"))
         written = report.write_reports(result, staging)

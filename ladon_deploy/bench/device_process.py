@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ladon_deploy.runtime import preprocess
+from ladon_deploy.device import preprocess
 
 LC_IMAGENET_MEAN = preprocess.IMAGENET_MEAN
 LC_IMAGENET_STD = preprocess.IMAGENET_STD
@@ -37,11 +37,11 @@ def lc_input(rgb: np.ndarray, task: str, shape: Sequence[int]) -> np.ndarray:
 
 
 def run_ladon(bundle_dir: str, image: str, copies: int, threads: Optional[int]) -> int:
-    from ladon_deploy.export.bundle import open_bundle
-    from ladon_deploy.runtime.stages import MobileStage
+    from ladon_deploy.bundle import open_bundle
+    from ladon_deploy.device.stage import DeviceStage
 
     bundle = open_bundle(bundle_dir, verify=False)
-    stages = [MobileStage(bundle, threads=threads) for _ in range(copies)]
+    stages = [DeviceStage(bundle, threads=threads) for _ in range(copies)]
     total = 0
     for stage in stages:
         total += len(stage.run(image, tuple(bundle.tasks)).payload)

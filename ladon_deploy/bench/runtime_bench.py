@@ -25,10 +25,10 @@ from ladon_deploy.bench.memory import measure, python_command
 
 MOBILE_ONLY = """
 import sys
-from ladon_deploy.export.bundle import open_bundle
-from ladon_deploy.runtime.stages import MobileStage
+from ladon_deploy.bundle import open_bundle
+from ladon_deploy.device.stage import DeviceStage
 bundle = open_bundle(sys.argv[1], verify=False)
-stage = MobileStage(bundle, threads=int(sys.argv[3]) if sys.argv[3] != '0' else None)
+stage = DeviceStage(bundle, threads=int(sys.argv[3]) if sys.argv[3] != '0' else None)
 for _ in range(int(sys.argv[4])):
     result = stage.run(sys.argv[2], ('cls', 'det', 'seg'))
 assert not any(m.split('.')[0] == 'torch' for m in sys.modules), 'torch was imported'
@@ -92,8 +92,9 @@ def torch_eager_mobile(bundle, image_path: str, threads: Optional[int], repeats:
 
 def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: Optional[int], image: Optional[str],
         memory_repeats: int = 3) -> int:
-    from ladon_deploy.export.bundle import open_bundle
-    from ladon_deploy.runtime.stages import MobileStage, ServerStage
+    from ladon_deploy.bundle import open_bundle
+    from ladon_deploy.device.stage import DeviceStage
+    from ladon_deploy.server.stage import ServerStage
 
     workdir = tempfile.mkdtemp(prefix="ladon-bench-")
     if bundle_dir is None:
@@ -106,7 +107,7 @@ def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: Optional[
     size = 416
     bundle = open_bundle(bundle_dir)
     image = image or make_bench_image(os.path.join(workdir, "bench-%d.png" % size), size)
-    mobile = MobileStage(bundle, threads=threads)
+    mobile = DeviceStage(bundle, threads=threads)
     server = ServerStage(bundle, threads=threads)
     tasks = tuple(bundle.tasks)
 

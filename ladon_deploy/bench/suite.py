@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ladon_deploy.bench import memory
-from ladon_deploy.runtime import link
+from ladon_deploy.device import link
 
 LC_FAMILY = "LC"
 SC_FAMILY = "SC"
@@ -102,6 +102,7 @@ def steps_planned(settings: BenchSettings) -> int:
 
 def prepare_lc_models(settings: BenchSettings, progress: Progress) -> Dict[str, Dict[str, Any]]:
     """Exports each LC model to ONNX once (cached by name in the cache directory)."""
+    from ladon_deploy.atomic import write_file_atomically
     from ladon_deploy.export.baselines import export_lc_model
     from ladon_deploy.models.baselines import LC_MODELS
     from ladon_deploy.export.pipeline import OPSET
@@ -113,10 +114,12 @@ def prepare_lc_models(settings: BenchSettings, progress: Progress) -> Dict[str, 
             path = lc_model_path(settings, name)
             if not os.path.isfile(path):
                 progress("exporting LC model %s" % name)
-                result = export_lc_model(name, path + ".partial", opset=OPSET, verify=False)
-                if result["error"]:
-                    raise RuntimeError("cannot export %s: %s" % (name, result["error"]))
-                os.replace(path + ".partial", path)
+                def export(temporary: str, name: str = name) -> None:
+                    result = export_lc_model(name, temporary, opset=OPSET, verify=False)
+                    if result["error"]:
+                        raise RuntimeError("cannot export %s: %s" % (name, result["error"]))
+
+                write_file_atomically(path, export)
             spec = LC_MODELS[name]
             prepared[name] = {"task": task, "path": path, "input_size": list(spec.input_size),
                               "description": spec.description, "weight_bytes": onnx_weight_bytes(path)}
@@ -135,7 +138,7 @@ def measure_lc(settings: BenchSettings, prepared: Dict[str, Dict[str, Any]], pro
     from ladon_deploy.bench.device_process import lc_input
     from ladon_deploy.bench.gmac import count_gmac
     from ladon_deploy.engines.registry import open_runner
-    from ladon_deploy.runtime import preprocess
+    from ladon_deploy.device import preprocess
 
     images = [np.asarray(preprocess.load_image(path)) for path in settings.images]
     for name, model in prepared.items():
@@ -159,11 +162,12 @@ def measure_lc(settings: BenchSettings, prepared: Dict[str, Dict[str, Any]], pro
 def measure_ladon(settings: BenchSettings, progress: Progress) -> Dict[str, Any]:
     """Per-image stage latencies of the bundle's mobile and server stages, payload sizes, glue and GMAC."""
     from ladon_deploy.bench.gmac import count_gmac
-    from ladon_deploy.export.bundle import open_bundle
-    from ladon_deploy.runtime.stages import MobileStage, ServerStage
+    from ladon_deploy.bundle import open_bundle
+    from ladon_deploy.device.stage import DeviceStage
+    from ladon_deploy.server.stage import ServerStage
 
     bundle = open_bundle(settings.bundle_dir)
-    mobile = MobileStage(bundle, engine=settings.engine, threads=settings.threads)
+    mobile = DeviceStage(bundle, engine=settings.engine, threads=settings.threads)
     server = ServerStage(bundle, engine=settings.engine, threads=settings.threads)
     tasks = tuple(bundle.tasks)
     per_image = []

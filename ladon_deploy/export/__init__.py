@@ -1,4 +1,1 @@
-"""Splitting Ladon at the bottleneck into ONNX stages, the bundle on disk and its manifest.
-
-Bundle reading (export.bundle) is on the edge import path: this file must stay free of torch imports.
-"""
+"""Splitting Ladon at the bottleneck into ONNX stages, the parity check, and writing bundles (ladon_deploy.bundle)."""

@@ -7,7 +7,6 @@ leaves nothing that looks like a bundle.
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -15,10 +14,11 @@ import numpy as np
 import torch
 
 import ladon_deploy
+from ladon_deploy.atomic import make_staging_directory, replace_directory
 from ladon_deploy.engines.ort_runner import OnnxRuntimeRunner
 from ladon_deploy.errors import ExportError
 from ladon_deploy.export import parity
-from ladon_deploy.export.bundle import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STAGE_FILES,
+from ladon_deploy.bundle import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STAGE_FILES,
                                         bundle_id_from_hashes, sha256_of)
 from ladon_deploy.export.stages import StageSpec, stage_specs
 from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD, INPUT_SIZE, PAD_MULTIPLE, LadonModel
@@ -27,7 +27,6 @@ from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD, INPUT_SIZE, PAD_MUL
 # refuses opset 17 models, and TensorRT 8.2's parser documents opsets up to 13.
 OPSET = 13
 RESIZE_POLICIES = ("longer_side", "square")
-SPLIT_POINTS = ("bottleneck",)
 
 Progress = Callable[[str], None]
 
@@ -152,10 +151,7 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
 
     model.eval()
     timings = {}  # type: Dict[str, float]
-    staging = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".partial-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    staging = make_staging_directory(out_dir)
     try:
         started = time.perf_counter()
         # Parity runs at the main input size and at a second, non-square one, so that every dynamic axis is used.
@@ -226,7 +222,7 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
         with open(os.path.join(staging, MANIFEST_NAME), "w") as handle:
             json.dump(manifest, handle, indent=2, sort_keys=False)
             handle.write("\n")
-        _move_into_place(staging, out_dir)
+        replace_directory(staging, out_dir)
         return manifest
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -249,14 +245,3 @@ def _describe_postprocessing(stages: Dict[str, Dict[str, Any]]) -> None:
             "logits": "21 VOC classes, bilinearly upsampled to the padded input size",
             "mask": "argmax over classes, crop to the resized region, nearest-neighbour resize to the original size",
         }
-
-
-def _move_into_place(staging: str, out_dir: str) -> None:
-    if not os.path.exists(out_dir):
-        os.rename(staging, out_dir)
-        return
-    retired = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".old-", dir=os.path.dirname(out_dir))
-    os.rmdir(retired)
-    os.rename(out_dir, retired)
-    os.rename(staging, out_dir)
-    shutil.rmtree(retired, ignore_errors=True)

@@ -73,13 +73,12 @@ class StageSpec(object):
     """How one stage is exported: its module, ONNX input/output names and dynamic axes."""
 
     def __init__(self, name: str, module: nn.Module, inputs: List[str], outputs: List[str],
-                 dynamic_axes: Dict[str, Dict[int, str]], needs_dynamo_off: bool = False) -> None:
+                 dynamic_axes: Dict[str, Dict[int, str]]) -> None:
         self.name = name
         self.module = module.eval()
         self.inputs = inputs
         self.outputs = outputs
         self.dynamic_axes = dynamic_axes
-        self.needs_dynamo_off = needs_dynamo_off
 
 
 def _feature_axes() -> Dict[str, Dict[int, str]]:
@@ -100,8 +99,7 @@ def stage_specs(model: LadonModel) -> List[StageSpec]:
         specs.append(StageSpec("head_det", DetectionStage(model), list(FEATURE_NAMES) + ["image_size"],
                                ["boxes", "scores", "labels"],
                                dict(_feature_axes(), boxes={0: "detections"}, scores={0: "detections"},
-                                    labels={0: "detections"}),
-                               needs_dynamo_off=True))
+                                    labels={0: "detections"})))
     if "seg" in model.tasks:
         specs.append(StageSpec("head_seg", SegmentationStage(model), ["feat4"], ["logits"],
                                {"feat4": {2: "feat4_h", 3: "feat4_w"}, "logits": {2: "height", 3: "width"}}))

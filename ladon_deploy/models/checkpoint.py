@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ladon_deploy.atomic import write_file_atomically
 from ladon_deploy.errors import CheckpointError
 from ladon_deploy.models.ladon import ARCHITECTURES, TASKS, LadonModel
 
@@ -316,14 +317,4 @@ def save_merged(loaded: LoadedLadon, path: str) -> None:
         "tasks": list(loaded.tasks),
         "model": {k: v.detach().clone() for k, v in loaded.model.state_dict().items()},
     }
-    path = str(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CheckpointError("cannot write %s: directory %s does not exist" % (path, directory))
-    temporary = path + ".partial"
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_file_atomically(str(path), lambda temporary: torch.save(payload, temporary))

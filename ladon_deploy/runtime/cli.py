@@ -9,15 +9,15 @@ Edge subset (mobile runs on a Jetson): Python 3.6-clean, never imports torch.
 import json
 import os
 import sys
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
+from ladon_deploy.bundle import TASK_HEADS, open_bundle
 from ladon_deploy.cli_support import OneLineParser, UsageError, run_command
+from ladon_deploy.device import link
+from ladon_deploy.device.cli import open_bundle_stages, print_timings, run_mobile, timings_ms
+from ladon_deploy.device.stage import DeviceStage, parse_tasks, select_tasks
 from ladon_deploy.engines.registry import ENGINES
-from ladon_deploy.errors import LadonError, PayloadError
-from ladon_deploy.export.bundle import TASK_HEADS, open_bundle
-from ladon_deploy.runtime import link
-from ladon_deploy.runtime.stages import MobileStage, ServerStage, parse_tasks, select_tasks
+from ladon_deploy.errors import PayloadError
 
 PROG = "ladon-run"
 MAX_PAYLOAD_FILE = 64 << 20
@@ -57,27 +57,6 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def _open(bundle_dir: str, stages: List[str]):
-    bundle = open_bundle(bundle_dir, verify=False)
-    bundle.verify(stages)
-    return bundle
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise LadonError("cannot write %s: directory %s does not exist" % (path, directory))
-    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def _read_payload(path: str) -> bytes:
     if not os.path.isfile(path):
         raise PayloadError("payload file not found: %s" % path)
@@ -85,10 +64,6 @@ def _read_payload(path: str) -> bytes:
         raise PayloadError("payload file %s is larger than any payload (%d bytes)" % (path, os.path.getsize(path)))
     with open(path, "rb") as handle:
         return handle.read()
-
-
-def _ms(timings: Dict[str, float]) -> Dict[str, float]:
-    return {name: round(seconds * 1000.0, 3) for name, seconds in timings.items()}
 
 
 def _stage_table(rows: List[Any]) -> str:
@@ -118,25 +93,10 @@ def _print_results(document: Dict[str, Any]) -> None:
             print("  mask written to %s" % segmentation["mask_png"])
 
 
-def run_mobile(args) -> int:
-    bundle = _open(args.bundle, ["encoder", "entropy"])
-    tasks = select_tasks(bundle, parse_tasks(args.tasks))
-    stage = MobileStage(bundle, engine=args.engine, threads=args.threads)
-    result = stage.run(args.image, tasks)
-    _write_atomically(args.out, result.payload)
-    if args.json:
-        print(json.dumps({"payload": args.out, "payload_bytes": len(result.payload),
-                          "latent_shape": list(result.latent_shape), "timings_ms": _ms(result.timings)}))
-    else:
-        print("payload: %s, %d bytes (latent %s)" % (args.out, len(result.payload),
-                                                     "x".join(str(d) for d in result.latent_shape)))
-        for name, seconds in result.timings.items():
-            print("  %-16s %8.2f ms" % (name, seconds * 1000.0))
-    return 0
+def _server(args, tasks):
+    from ladon_deploy.server.stage import ServerStage
 
-
-def _server(args, tasks) -> ServerStage:
-    bundle = _open(args.bundle, ["entropy", "body"] + [TASK_HEADS[t] for t in tasks])
+    bundle = open_bundle_stages(args.bundle, ["entropy", "body"] + [TASK_HEADS[t] for t in tasks])
     return ServerStage(bundle, engine=args.engine, threads=args.threads, tasks=tasks)
 
 
@@ -147,13 +107,12 @@ def run_server(args) -> int:
     stage = _server(args, tasks)
     result = stage.run(data, tasks if args.tasks else None)
     document = result.to_json(args.mask_out, args.top_k)
-    document["timings_ms"] = _ms(result.timings)
+    document["timings_ms"] = timings_ms(result.timings)
     if args.json:
         print(json.dumps(document))
     else:
         _print_results(document)
-        for name, seconds in result.timings.items():
-            print("  %-16s %8.2f ms" % (name, seconds * 1000.0))
+        print_timings(result.timings)
     return 0
 
 
@@ -162,7 +121,9 @@ def run_split(args) -> int:
     rtt = link.parse_duration(args.rtt)
     bundle = open_bundle(args.bundle)
     tasks = select_tasks(bundle, parse_tasks(args.tasks))
-    mobile = MobileStage(bundle, engine=args.engine, threads=args.threads)
+    mobile = DeviceStage(bundle, engine=args.engine, threads=args.threads)
+    from ladon_deploy.server.stage import ServerStage
+
     server = ServerStage(bundle, engine=args.engine, threads=args.threads, tasks=tasks)
     sent = mobile.run(args.image, tasks)
     transfer = link.transfer_seconds(len(sent.payload), rate, rtt)
@@ -174,7 +135,7 @@ def run_split(args) -> int:
     document = result.to_json(args.mask_out, args.top_k)
     document["link"] = {"payload_bytes": len(sent.payload), "rate_bps": rate, "rtt_s": rtt,
                         "transfer_ms": round(transfer * 1000.0, 3)}
-    document["timings_ms"] = {"mobile": _ms(sent.timings), "server": _ms(result.timings),
+    document["timings_ms"] = {"mobile": timings_ms(sent.timings), "server": timings_ms(result.timings),
                               "end_to_end": round(end_to_end * 1000.0, 3)}
     if args.json:
         print(json.dumps(document))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ladon_deploy.cli_support import run_command
-from ladon_deploy.export.bundle import open_bundle
+from ladon_deploy.bundle import open_bundle
 from ladon_deploy.export.cli import PROG, main
 
 

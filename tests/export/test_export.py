@@ -9,7 +9,7 @@ import torch
 from ladon_deploy.engines.ort_runner import OnnxRuntimeRunner
 from ladon_deploy.errors import BundleError, ExportError
 from ladon_deploy.export import parity, pipeline
-from ladon_deploy.export.bundle import STAGE_FILES, open_bundle, sha256_of
+from ladon_deploy.bundle import STAGE_FILES, open_bundle, sha256_of
 
 
 def test_demo_bundle_manifest_is_complete(demo_bundle):

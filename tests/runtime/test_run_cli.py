@@ -9,7 +9,7 @@ import pytest
 
 from ladon_deploy.cli_support import run_command
 from ladon_deploy.runtime.cli import PROG, main
-from test_split_parity import make_image
+from images import make_image
 
 
 def _run(argv, capsys):

@@ -4,21 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ladon_deploy.export.bundle import open_bundle
+from images import make_image
+from ladon_deploy.bundle import open_bundle
 from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD, ladon_reference_forward
-from ladon_deploy.runtime import wire
-from ladon_deploy.runtime.stages import MobileStage, ServerStage
-
-
-def make_image(path, height, width, seed):
-    """A synthetic photo-like image: smooth colour gradients, blocks and noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255.0 / width, yy * 255.0 / height, (xx + yy) * 127.0 / (height + width)], -1)
-    blocks = np.kron(rng.integers(0, 120, (height // 24 + 1, width // 24 + 1, 3)), np.ones((24, 24, 1)))
-    pixels = base * 0.6 + blocks[:height, :width] + rng.normal(0, 25, (height, width, 3))
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(str(path))
-    return str(path)
+from ladon_deploy.device import wire
+from ladon_deploy.device.stage import DeviceStage
+from ladon_deploy.server.stage import ServerStage
 
 
 def torch_preprocess(path):
@@ -35,7 +26,7 @@ def torch_preprocess(path):
 @pytest.fixture(scope="module")
 def stages(demo_bundle):
     bundle = open_bundle(demo_bundle)
-    return MobileStage(bundle), ServerStage(bundle)
+    return DeviceStage(bundle), ServerStage(bundle)
 
 
 @pytest.mark.parametrize("height,width,seed", [(333, 500, 1), (416, 416, 2), (480, 360, 3)])
@@ -113,7 +104,7 @@ def test_payload_body_is_compressai_bytes(stages, demo_model, tmp_path, height, 
 
 def test_two_latent_sizes_in_payload_tests():
     """Guard on the test above: its images produce at least two different latent shapes."""
-    from ladon_deploy.runtime.preprocess import resized_size
+    from ladon_deploy.device.preprocess import resized_size
 
     shapes = {resized_size(h, w) for h, w in [(333, 500), (416, 416), (200, 640)]}
     assert len(shapes) >= 2

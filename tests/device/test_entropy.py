@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ladon_deploy.errors import BundleError, LadonError, PayloadError
-from ladon_deploy.runtime import entropy
-from ladon_deploy.runtime.entropy import CodingError, EntropyCoder
+from ladon_deploy.device import entropy
+from ladon_deploy.device.entropy import CodingError, EntropyCoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHANNELS = 24
@@ -45,7 +45,7 @@ def _tables(bottleneck):
 
 def _require(backend):
     if backend == "native" and not entropy.native_available():
-        pytest.skip("the native coder ladon_deploy.runtime._rans is not built")
+        pytest.skip("the native coder ladon_deploy.device._rans is not built")
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +330,7 @@ def _random_symbols(rng, count, indexes, lengths, offsets):
 def test_native_matches_compressai_extension_on_random_tables():
     """_rans.encode / decode against CompressAI's RansEncoder / RansDecoder on the same int32 data."""
     _require("native")
-    from ladon_deploy.runtime import _rans
+    from ladon_deploy.device import _rans
 
     ans = entropy.load_rans()
     rng = np.random.default_rng(12)
@@ -364,7 +364,7 @@ def test_native_dominant_interval_path_matches_compressai():
     """Rows whose most probable interval holds >= 7/8 of the mass take the decoder's fast path: at the first
     interval (start 0), in the middle, right before the escape interval, and exactly at the 7/8 threshold."""
     _require("native")
-    from ladon_deploy.runtime import _rans
+    from ladon_deploy.device import _rans
 
     ans = entropy.load_rans()
     rng = np.random.default_rng(78)
@@ -398,7 +398,7 @@ def test_native_codes_empty_and_tiny_inputs():
     """The native coder has no minimum (CompressAI's overflows its buffer below 4 symbols): 0 symbols is the bare
     final state, 2**31."""
     _require("native")
-    from ladon_deploy.runtime import _rans
+    from ladon_deploy.device import _rans
 
     cdf, lengths, offsets = _random_tables(np.random.default_rng(13), 3)
     empty = np.zeros(0, np.int32)
@@ -416,7 +416,7 @@ def test_native_codes_empty_and_tiny_inputs():
 
 def test_native_arguments_are_validated():
     _require("native")
-    from ladon_deploy.runtime import _rans
+    from ladon_deploy.device import _rans
 
     cdf, lengths, offsets = _random_tables(np.random.default_rng(14), 4, lmax=50)
     indexes = np.array([0, 1, 2, 3, 3, 2], np.int32)
@@ -508,7 +508,7 @@ def _read_only(array):
 
 def test_native_decoder_refuses_streams_that_run_out_or_overflow_escapes():
     _require("native")
-    from ladon_deploy.runtime import _rans
+    from ladon_deploy.device import _rans
 
     cdf, lengths, offsets = _random_tables(np.random.default_rng(15), 4, lmax=50)
     indexes = np.arange(400, dtype=np.int32) % 4
@@ -534,7 +534,7 @@ def test_native_coder_runs_in_threads():
     _require("native")
     import threading
 
-    from ladon_deploy.runtime import _rans
+    from ladon_deploy.device import _rans
 
     rng = np.random.default_rng(17)
     cdf, lengths, offsets = _random_tables(rng, 24)
@@ -674,7 +674,7 @@ def test_extension_loads_without_torch_or_compressai(saved):
     tables, latent, reference_body = saved
     result = _run_python(NO_TORCH + """
     import numpy as np
-    from ladon_deploy.runtime.entropy import EntropyCoder, find_rans_extension, load_rans
+    from ladon_deploy.device.entropy import EntropyCoder, find_rans_extension, load_rans
 
     module = load_rans()
     assert load_rans() is module
@@ -695,7 +695,7 @@ def test_native_coder_loads_neither_torch_nor_compressai(saved):
     tables, latent, reference_body = saved
     result = _run_python(NO_TORCH + """
     import numpy as np
-    from ladon_deploy.runtime.entropy import EntropyCoder
+    from ladon_deploy.device.entropy import EntropyCoder
 
     coder = EntropyCoder.from_npz(sys.argv[1])
     y = np.load(sys.argv[2])
@@ -715,13 +715,13 @@ def test_without_the_native_coder_compressai_codes(saved):
     result = _run_python(NO_TORCH + """
     class BlockNative(object):
         def find_spec(self, name, path=None, target=None):
-            if name == "ladon_deploy.runtime._rans":
+            if name == "ladon_deploy.device._rans":
                 raise ImportError("not built")
             return None
 
     sys.meta_path.insert(0, BlockNative())
     import numpy as np
-    from ladon_deploy.runtime import entropy
+    from ladon_deploy.device import entropy
 
     coder = entropy.EntropyCoder.from_npz(sys.argv[1])
     y = np.load(sys.argv[2])
@@ -745,7 +745,7 @@ def test_compressai_still_works_after_direct_load(saved):
     result = _run_python("""
     import sys
     import numpy as np
-    from ladon_deploy.runtime.entropy import EntropyCoder, load_rans
+    from ladon_deploy.device.entropy import EntropyCoder, load_rans
 
     module = load_rans()
     import torch
@@ -774,7 +774,7 @@ def test_missing_extension_is_a_clear_error():
     import sys
 
     from ladon_deploy.errors import LadonError
-    from ladon_deploy.runtime import entropy
+    from ladon_deploy.device import entropy
 
     real_find_spec = importlib.util.find_spec
     importlib.util.find_spec = lambda name, *args: None if name == "compressai" else real_find_spec(name, *args)
@@ -800,7 +800,7 @@ GARBAGE = """
     import sys
     import numpy as np
     from ladon_deploy.errors import LadonError
-    from ladon_deploy.runtime.entropy import EntropyCoder
+    from ladon_deploy.device.entropy import EntropyCoder
 
     coder = EntropyCoder.from_npz(sys.argv[1], backend=sys.argv[2])
     rng = np.random.default_rng(9)

@@ -5,8 +5,8 @@ import zlib
 import pytest
 
 from ladon_deploy.errors import LadonError, PayloadError
-from ladon_deploy.runtime import wire
-from ladon_deploy.runtime.wire import Payload, pack, payload_length, unpack
+from ladon_deploy.device import wire
+from ladon_deploy.device.wire import Payload, pack, unpack
 
 BUNDLE = "1a2b3c4d"
 BODY = bytes(range(40)) + b"\x00\x00\x00\x80" * 3  # 52 bytes: whole words
@@ -48,7 +48,6 @@ def test_round_trip():
     assert payload == Payload(BUNDLE, (24, 103, 103), (480, 640), (312, 416), ("cls", "seg"), BODY)
     assert unpack(bytearray(data)) == payload
     assert unpack(memoryview(data), expected_bundle_id=BUNDLE.upper()) == payload
-    assert payload_length(data[:wire.HEADER_SIZE]) == len(data)
 
 
 @pytest.mark.parametrize("tasks,mask", [(("cls",), 1), (("det",), 2), (("seg",), 4), (("det", "cls", "seg"), 7)])
@@ -118,16 +117,6 @@ def test_limits_are_parameters():
     assert unpack(data, max_symbols=24 * 103 * 103).latent_shape == (24, 103, 103)
 
 
-def test_payload_length_checks_the_header():
-    assert payload_length(forge()[:27]) == 83
-    with pytest.raises(PayloadError, match="header is truncated"):
-        payload_length(forge()[:26])
-    with pytest.raises(PayloadError, match="not a Ladon payload"):
-        payload_length(b"XXXX" + forge()[4:27])
-    with pytest.raises(PayloadError, match="over the limit"):
-        payload_length(forge(length=1 << 30)[:27])
-
-
 def test_unpack_refuses_non_bytes():
     with pytest.raises(PayloadError, match="must be bytes"):
         unpack("LDN")
@@ -150,14 +139,6 @@ def test_unpack_refuses_non_bytes():
 def test_pack_refuses_what_unpack_would(changes, message):
     with pytest.raises(PayloadError, match=message):
         pack(_payload(**changes))
-
-
-def test_decode_latent_uses_the_coder():
-    class Coder(object):
-        def decompress(self, body, shape):
-            return body, shape
-
-    assert wire.decode_latent(unpack(forge()), Coder()) == (BODY, (24, 103, 103))
 
 
 def test_errors_are_ladon_errors():

@@ -8,6 +8,8 @@ A bundle is a directory holding manifest.json and one file per stage:
     head_cls.onnx  feat4 -> probabilities
     head_det.onnx  feat1..feat4 + image_size -> boxes, scores, labels (boxes in resized-image pixels)
     head_seg.onnx  feat4 -> logits at the padded input size
+    engines/       built by ladon-build, one folder per target (engines/<target>/), each engine a raw file next to a
+                   JSON sidecar of the same name: <stage>.<precision>[.dla<N>].plan|onnx and .json
 
 This module is on the edge import path (the mobile device opens bundles): Python 3.6-clean, numpy and the standard
 library only.
@@ -35,6 +37,13 @@ TASK_HEADS = {"cls": "head_cls", "det": "head_det", "seg": "head_seg"}
 TASKS = ("cls", "det", "seg")
 
 ENTROPY_ARRAYS = ("quantized_cdf", "cdf_length", "offset", "medians")
+ENGINES_DIR = "engines"
+SIDECAR_SUFFIX = ".json"
+
+
+def engine_name(stage: str, precision: str, dla_core: Optional[int] = None) -> str:
+    """The file stem of one built engine: 'encoder.fp16', 'encoder.int8.dla0'."""
+    return "%s.%s%s" % (stage, precision, "" if dla_core is None else ".dla%d" % dla_core)
 
 
 def sha256_of(path: str, chunk: int = 1 << 20) -> str:
@@ -87,6 +96,14 @@ class Bundle(object):
 
     def path(self, name: str) -> str:
         return os.path.join(self.directory, self.stage(name)["file"])
+
+    def engines_dir(self, target: str) -> str:
+        """Where ladon-build keeps the engines of one target (it may not exist yet)."""
+        return os.path.join(self.directory, ENGINES_DIR, target)
+
+    def engine_path(self, target: str, stage: str, precision: str, extension: str,
+                    dla_core: Optional[int] = None) -> str:
+        return os.path.join(self.engines_dir(target), engine_name(stage, precision, dla_core) + "." + extension)
 
     def verify(self, names: Optional[List[str]] = None) -> None:
         """Checks the sha256 of the named stage files (all of them by default) against the manifest."""

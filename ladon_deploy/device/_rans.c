@@ -1,5 +1,5 @@
 /*
- * ladon_deploy.runtime._rans: a native rANS coder, bit-exact with CompressAI's.
+ * ladon_deploy.device._rans: a native rANS coder, bit-exact with CompressAI's.
  *
  * What it reproduces: CompressAI 1.2.x `compressai.ans.RansEncoder.encode_with_indexes` and
  * `RansDecoder.decode_with_indexes` (compressai/cpp_exts/rans/rans_interface.cpp), which drive Fabian Giesen's
@@ -786,7 +786,7 @@ static PyMethodDef rans_methods[] = {
 
 static struct PyModuleDef rans_module = {
     PyModuleDef_HEAD_INIT,
-    "ladon_deploy.runtime._rans",
+    "ladon_deploy.device._rans",
     "Native rANS coder, bit-exact with CompressAI's (ryg_rans 64-bit, 16-bit precision, escapes).",
     -1,
     rans_methods,

@@ -1,4 +1,4 @@
-"""ladon_deploy.runtime.postprocess against torchvision's own box/mask arithmetic and category lists.
+"""ladon_deploy.server.postprocess against torchvision's own box/mask arithmetic and category lists.
 
 torch/torchvision are imported here only to build references; the module under test must not need them.
 """
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ladon_deploy.runtime import postprocess as post
+from ladon_deploy.server import postprocess as post
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -13,7 +13,7 @@ import pytest
 
 from ladon_deploy.cli_support import run_command
 from ladon_deploy.runtime.cli import PROG, main
-from test_split_parity import make_image
+from images import make_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PYTHON36 = os.path.join(ROOT, ".venv36", "bin", "python")
@@ -21,7 +21,7 @@ PYTHON36 = os.path.join(ROOT, ".venv36", "bin", "python")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(PYTHON36), reason="no .venv36 (setup.sh found no Python 3.6 interpreter)")
-def test_mobile_and_server_run_on_python36_with_identical_payload(demo_bundle, tmp_path):
+def test_mobile_runs_on_python36_with_identical_payload(demo_bundle, tmp_path):
     package = tmp_path / "edge"
     shutil.copytree(os.path.join(ROOT, "ladon_deploy"), str(package / "ladon_deploy"),
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
@@ -29,9 +29,9 @@ def test_mobile_and_server_run_on_python36_with_identical_payload(demo_bundle, t
                                              "print(sysconfig.get_config_var('EXT_SUFFIX'))"],
                             capture_output=True, text=True, check=True).stdout.split()
     include, suffix = config
-    runtime = package / "ladon_deploy" / "runtime"
-    subprocess.run(["gcc", "-O3", "-shared", "-fPIC", "-I" + include, str(runtime / "_rans.c"), "-o",
-                    str(runtime / ("_rans" + suffix))], check=True, capture_output=True)
+    device = package / "ladon_deploy" / "device"
+    subprocess.run(["gcc", "-O3", "-shared", "-fPIC", "-I" + include, str(device / "_rans.c"), "-o",
+                    str(device / ("_rans" + suffix))], check=True, capture_output=True)
     image = make_image(tmp_path / "street.png", 333, 500, 36)
     # Run from the copy, so that the repository's own package (built for this interpreter) is not on the path.
     env = dict(os.environ, PYTHONPATH=str(package))
@@ -41,7 +41,7 @@ def test_mobile_and_server_run_on_python36_with_identical_payload(demo_bundle, t
                              "--image", image, "--out", str(edge_payload)], **edge)
     assert mobile.returncode == 0, mobile.stderr
     version = subprocess.run([PYTHON36, "-c", "import sys, numpy, onnxruntime; "
-                                              "from ladon_deploy.runtime.entropy import default_backend; "
+                                              "from ladon_deploy.device.entropy import default_backend; "
                                               "print(sys.version_info[:2], numpy.__version__, onnxruntime.__version__,"
                                               " default_backend())"],
                              check=True, **edge).stdout
@@ -52,7 +52,6 @@ def test_mobile_and_server_run_on_python36_with_identical_payload(demo_bundle, t
                                     str(here_payload)]) == 0
     assert edge_payload.read_bytes() == here_payload.read_bytes()
 
-    server = subprocess.run([PYTHON36, "-m", "ladon_deploy.runtime.cli", "server", "--bundle", demo_bundle,
-                             "--payload", str(edge_payload), "--json"], **edge)
-    assert server.returncode == 0, server.stderr
-    assert '"classification"' in server.stdout and '"segmentation"' in server.stdout
+    # The server half need not run on Python 3.6; the payload the 3.6 device wrote is served here.
+    assert run_command(PROG, main, ["server", "--bundle", demo_bundle, "--payload", str(edge_payload),
+                                    "--json"]) == 0

@@ -6,7 +6,7 @@ CompressAI returns for the same latent and tables, and either side can be swappe
 
 Two backends do the coding (`EntropyCoder.backend`):
 
-- "native": `ladon_deploy.runtime._rans`, our C port of CompressAI's rANS coder (built with the package). It takes
+- "native": `ladon_deploy.device._rans`, our C port of CompressAI's rANS coder (built with the package). It takes
   the int32 arrays as they are, bounds-checks every read, and raises ValueError (a PayloadError here) on a stream
   that is too short or invalid. It is the default whenever it imports.
 - "compressai": CompressAI's compiled extension (`compressai/ans*.so`, needs only libstdc++), the fallback for an
@@ -47,7 +47,7 @@ import numpy as np
 from ladon_deploy.errors import BundleError, LadonError, PayloadError
 
 try:
-    from ladon_deploy.runtime import _rans as _native  # type: Any
+    from ladon_deploy.device import _rans as _native  # type: Any
 except ImportError:  # installed without a C compiler: CompressAI's extension does the coding
     _native = None
 
@@ -88,7 +88,7 @@ class CodingError(LadonError):
 
 
 def native_available() -> bool:
-    """Whether the native coder (ladon_deploy.runtime._rans) was built and imports."""
+    """Whether the native coder (ladon_deploy.device._rans) was built and imports."""
     return _native is not None
 
 
@@ -214,7 +214,7 @@ class EntropyCoder(object):
         if backend not in BACKENDS:
             raise ValueError("backend must be None, 'native' or 'compressai', got %r" % (backend,))
         if backend == "native" and _native is None:
-            raise RansUnavailableError("the native rANS coder (ladon_deploy.runtime._rans) is not built: reinstall "
+            raise RansUnavailableError("the native rANS coder (ladon_deploy.device._rans) is not built: reinstall "
                                        "ladon-deploy with a C compiler, or use backend='compressai'")
         self.backend = backend  # type: str
         cdf = _as_int32("quantized_cdf", quantized_cdf)

@@ -28,7 +28,7 @@ Resized size vs latent: Ladon's encoder (conv k5 s2 p2, conv k5 s2 p2, conv k2 s
 P pixels to ceil(P / 4) - 1 latent rows, so the padded input is at most 4 * H + 4 pixels; the resized image fits in
 it: resized_h <= 4 * H + 4 and resized_w <= 4 * W + 4.
 
-Edge subset: Python 3.6-clean, standard library only (the body is decoded by ladon_deploy.runtime.entropy).
+Edge subset: Python 3.6-clean, standard library only (the body is decoded by ladon_deploy.device.entropy).
 """
 import collections
 import struct
@@ -157,17 +157,6 @@ def pack(payload: Payload) -> bytes:
     return framed + CRC.pack(zlib.crc32(framed) & 0xFFFFFFFF)
 
 
-def payload_length(header: bytes, max_body: int = DEFAULT_MAX_BODY) -> int:
-    """Total size of the payload whose first HEADER_SIZE bytes are `header`, for reading one off a stream.
-
-    Checks magic, version and the declared body length against `max_body` (nothing else can be checked before
-    the whole payload has arrived: unpack does the rest).
-    """
-    if len(header) < HEADER_SIZE:
-        raise PayloadError("payload header is truncated: %d bytes, it has %d" % (len(header), HEADER_SIZE))
-    return OVERHEAD + _declared_body_length(bytes(header[:HEADER_SIZE]), max_body)
-
-
 def _declared_body_length(header: bytes, max_body: int) -> int:
     fields = HEADER.unpack(header)
     if fields[0] != MAGIC:
@@ -217,8 +206,3 @@ def unpack(data: bytes, expected_bundle_id: Optional[str] = None, max_body: int 
     resized = (resized_h, resized_w)
     _check_fields(latent, original, resized, mask, body_length, max_symbols)
     return Payload(bundle_id, latent, original, resized, tasks_from_mask(mask), data[HEADER_SIZE:span])
-
-
-def decode_latent(payload: Payload, coder: Any) -> Any:
-    """The dequantized latent y_hat, float32 (1, C, H, W), of an unpacked payload (coder: an EntropyCoder)."""
-    return coder.decompress(payload.body, payload.latent_shape)

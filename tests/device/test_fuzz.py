@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from ladon_deploy.errors import LadonError, PayloadError
-from ladon_deploy.runtime import entropy
-from ladon_deploy.runtime.entropy import EntropyCoder
-from ladon_deploy.runtime.wire import HEADER_SIZE, Payload, pack, unpack
+from ladon_deploy.device import entropy
+from ladon_deploy.device.entropy import EntropyCoder
+from ladon_deploy.device.wire import HEADER_SIZE, Payload, pack, unpack
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -173,7 +173,7 @@ def _compressai_coder(tables):
 @pytest.mark.parametrize("backend", entropy.BACKENDS)
 def test_mutated_payloads_decode_or_raise_ladon_errors(backend):
     if backend == "native" and not entropy.native_available():
-        pytest.skip("the native coder ladon_deploy.runtime._rans is not built")
+        pytest.skip("the native coder ladon_deploy.device._rans is not built")
     rng = np.random.default_rng(SEED)
     tables = synthetic_tables(rng, CHANNELS)
     if backend == "compressai" and _compressai_coder(tables) is None:
@@ -256,7 +256,7 @@ NATIVE_GARBAGE = """
     import time
 
     import numpy as np
-    from ladon_deploy.runtime import _rans
+    from ladon_deploy.device import _rans
 
     sys.path.insert(0, sys.argv[1])
     from test_fuzz import synthetic_tables
@@ -300,7 +300,7 @@ def test_native_decoder_survives_raw_garbage():
     some with indexes outside the tables, straight into _rans.decode: every call returns or raises ValueError, and
     none reads past the body (it reports what it consumed). In a child process, so a crash reads as a failure."""
     if not entropy.native_available():
-        pytest.skip("the native coder ladon_deploy.runtime._rans is not built")
+        pytest.skip("the native coder ladon_deploy.device._rans is not built")
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(NATIVE_GARBAGE), os.path.dirname(__file__),

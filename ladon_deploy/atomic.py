@@ -1,0 +1,83 @@
+"""Writing files and directories so that a reader sees the old version or the new one, never half of one.
+
+Every writer of the toolkit (payloads, merged checkpoints, bundles, engines, reports) goes through here. Temporary
+names are unique per call, so concurrent runs writing next to each other never collide.
+
+Edge subset (the device writes payloads and builds engines): Python 3.6-clean, standard library only.
+"""
+import os
+import shutil
+import uuid
+from typing import Callable
+
+from ladon_deploy.errors import LadonError
+
+
+def _parent_of(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise LadonError("cannot write %s: directory %s does not exist" % (path, directory))
+    return directory
+
+
+def _sibling(path: str, tag: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(path)),
+                        ".%s.%s-%s" % (os.path.basename(path), tag, uuid.uuid4().hex[:12]))
+
+
+def check_writable_file(path: str) -> None:
+    """Refuses, before any work is done, an output path whose directory is missing or that names a directory."""
+    if os.path.isdir(path):
+        raise LadonError("cannot write %s: it is a directory" % path)
+    _parent_of(path)
+
+
+def write_file_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Calls write(temporary_path) next to `path`, then renames the result over `path` in one step."""
+    check_writable_file(path)
+    temporary = _sibling(path, "partial")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+
+    write_file_atomically(path, write)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def make_staging_directory(final: str) -> str:
+    """A new, empty hidden sibling of `final` to assemble a directory in (permissions follow the umask)."""
+    _parent_of(final)
+    staging = _sibling(final, "partial")
+    os.mkdir(staging)  # mode 0o777 minus the umask, as for any directory the user creates
+    return staging
+
+
+def replace_directory(staging: str, final: str) -> None:
+    """Moves the assembled `staging` directory to `final`.
+
+    An existing `final` stays whole until the new one is in place: it is renamed aside, the new one renamed in, and
+    only then removed; if the second rename fails, the old one is renamed back before the error propagates.
+    """
+    if not os.path.lexists(final):
+        os.rename(staging, final)
+        return
+    retired = _sibling(final, "old")
+    os.rename(final, retired)
+    try:
+        os.rename(staging, final)
+    except BaseException:
+        os.rename(retired, final)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)

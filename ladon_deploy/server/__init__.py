@@ -1,0 +1,1 @@
+"""The server half of the split: the server stage (payload -> results) and post-processing."""
