@@ -116,15 +116,18 @@ class Bundle(object):
                 raise BundleError("bundle file %s does not match its sha256 in the manifest" % path)
 
     def load_entropy_tables(self) -> Dict[str, Any]:
-        import numpy as np
+        return read_entropy_tables(self.path("entropy"))
 
-        path = self.path("entropy")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                tables = {key: data[key] for key in ENTROPY_ARRAYS}
-        except (OSError, ValueError, KeyError) as exc:
-            raise BundleError("cannot read entropy tables %s: %s" % (path, exc))
-        return tables
+
+def read_entropy_tables(path: str) -> Dict[str, Any]:
+    """The entropy tables of entropy.npz (never unpickled: numpy's allow_pickle is off)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in ENTROPY_ARRAYS}
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError("cannot read entropy tables %s: %s" % (path, exc))
 
 
 def _require(condition: bool, message: str) -> None:

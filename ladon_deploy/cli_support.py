@@ -72,7 +72,7 @@ class StepTimer(object):
                 self.started = time.perf_counter()
                 return self
 
-            def __exit__(self, *exc_info):
+            def __exit__(self, *_exc_info):
                 timer.add(name, time.perf_counter() - self.started)
 
         return _Measure()

@@ -44,12 +44,19 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ladon_deploy.bundle import ENTROPY_ARRAYS
 from ladon_deploy.errors import BundleError, LadonError, PayloadError
 
-try:
-    from ladon_deploy.device import _rans as _native  # type: Any
-except ImportError:  # installed without a C compiler: CompressAI's extension does the coding
-    _native = None
+
+
+def _import_native() -> Any:
+    try:
+        return importlib.import_module("ladon_deploy.device._rans")
+    except ImportError:  # installed without a C compiler: CompressAI's extension does the coding
+        return None
+
+
+_native = _import_native()
 
 PRECISION = 16
 """CompressAI's entropy coder precision: every CDF ends at 2**PRECISION."""
@@ -64,7 +71,6 @@ OFFSET_LIMIT = 1 << 20
 
 MIN_SYMBOLS = 4
 
-ENTROPY_ARRAYS = ("quantized_cdf", "cdf_length", "offset", "medians")
 
 BACKENDS = ("native", "compressai")
 
@@ -271,15 +277,6 @@ class EntropyCoder(object):
             raise BundleError("entropy tables lack %s" % ", ".join(missing))
         return cls(tables["quantized_cdf"], tables["cdf_length"], tables["offset"], tables["medians"],
                    backend=backend)
-
-    @classmethod
-    def from_npz(cls, path: str, backend: Optional[str] = None) -> "EntropyCoder":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                tables = {key: data[key] for key in ENTROPY_ARRAYS if key in data.files}
-        except (OSError, ValueError, KeyError) as exc:
-            raise BundleError("cannot read entropy tables %s: %s" % (path, exc))
-        return cls.from_tables(tables, backend=backend)
 
     def to_tables(self) -> Dict[str, np.ndarray]:
         return {"quantized_cdf": self.quantized_cdf, "cdf_length": self.cdf_length, "offset": self.offset,

@@ -31,5 +31,5 @@ class Runner(object):
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *_exc_info):
         self.close()

@@ -1,6 +1,6 @@
 """Exporting the LC baselines (models/baselines.py) to ONNX and checking each export against torch.
 
-Every model exports with the TorchScript exporter (``dynamo=False``) at a fixed input size; detectors take one float32
+Every model exports with the TorchScript exporter (``dynamo=False``) at the bundle's opset (13) and a fixed input size; detectors take one float32
 image tensor, classifiers and segmenters a normalised batch of one (see models/baselines.py for the interfaces).
 Parity: ONNX Runtime (CPU) against torch on a seeded input; dense outputs report the max abs difference (must be
 <= 1e-3 of the largest output); detections must all be matched (same label, IoU >= 0.5) within 0.5 px.
@@ -9,7 +9,9 @@ import os
 import time
 from collections import OrderedDict
 
+from ladon_deploy.engines.ort_runner import OnnxRuntimeRunner
 from ladon_deploy.export.parity import compare_detections
+from ladon_deploy.export.pipeline import OPSET
 from ladon_deploy.models.baselines import (build_lc_model, example_input, input_shape_for, io_names, lc_spec,
                                            wrap_for_export)
 
@@ -17,18 +19,14 @@ BOX_TOLERANCE_PX = 0.5
 
 
 def verify_onnx_against_torch(name, module, onnx_path, x, threads=None):
-    """Run the exported graph in ONNX Runtime and ``module`` (the wrapped model) in torch on ``x``."""
+    """Run the exported graph in ONNX Runtime (the runner every stage uses) and ``module`` in torch on ``x``."""
     import numpy as np
-    import onnxruntime as ort
     import torch
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    sess = ort.InferenceSession(os.fspath(onnx_path), so, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-    t0 = time.perf_counter()
-    got = sess.run(None, feed)
-    ort_s = time.perf_counter() - t0
+    with OnnxRuntimeRunner(os.fspath(onnx_path), threads=threads) as runner:
+        t0 = time.perf_counter()
+        outputs = runner.run({runner.input_names[0]: x.numpy()})
+        ort_s = time.perf_counter() - t0
+        got = [outputs[n] for n in runner.output_names]
     with torch.no_grad():
         t0 = time.perf_counter()
         ref = module(x)
@@ -51,14 +49,12 @@ def verify_onnx_against_torch(name, module, onnx_path, x, threads=None):
     return res
 
 
-def export_lc_model(name, out_path, opset=17, input_size=None, seed=0, verify=True, model=None,
-                    input_seed=1):
+def export_lc_model(name, out_path, input_size=None, seed=0, verify=True, model=None, input_seed=1):
     """Export LC model ``name`` to ONNX at a fixed input size and (optionally) check it against torch.
 
     Args:
         name: registry name (see ``LC_MODELS``).
         out_path: path of the .onnx file to write (parent directories are created).
-        opset: ONNX opset (17 by default).
         input_size: (H, W); default: the registry's.
         seed: weight seed (``build_lc_model``); ignored when ``model`` is given.
         verify: run ONNX Runtime against torch on a seeded input (``example_input(seed=input_seed)``).
@@ -77,7 +73,7 @@ def export_lc_model(name, out_path, opset=17, input_size=None, seed=0, verify=Tr
     parent = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(parent, exist_ok=True)
     result = OrderedDict([("name", name), ("task", spec.task), ("path", out_path), ("input_name", in_names[0]),
-                          ("input_shape", list(shape)), ("output_names", out_names), ("opset", int(opset)),
+                          ("input_shape", list(shape)), ("output_names", out_names), ("opset", OPSET),
                           ("exporter", "torchscript (dynamo=False)"), ("export_s", None), ("file_bytes", None),
                           ("ok", False), ("error", None), ("parity", None)])
     if model is None:
@@ -90,7 +86,7 @@ def export_lc_model(name, out_path, opset=17, input_size=None, seed=0, verify=Tr
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with torch.no_grad():
-                torch.onnx.export(module, (x,), out_path, dynamo=False, opset_version=int(opset),
+                torch.onnx.export(module, (x,), out_path, dynamo=False, opset_version=OPSET,
                                   input_names=in_names, output_names=out_names, do_constant_folding=True)
     except Exception as exc:  # record why and move on: the caller decides whether that is fatal
         result["export_s"] = time.perf_counter() - t0

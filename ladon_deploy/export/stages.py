@@ -15,7 +15,6 @@ from ladon_deploy.models.ladon import LadonModel
 
 FEATURE_NAMES = ["feat1", "feat2", "feat3", "feat4"]
 FEATURE_STRIDES = {"feat1": 4, "feat2": 8, "feat3": 16, "feat4": 32}
-FEATURE_CHANNELS = {"feat1": 256, "feat2": 512, "feat3": 1024, "feat4": 2048}
 
 
 class EncoderStage(nn.Module):

@@ -7,6 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from ladon_deploy.bundle import read_entropy_tables
 from ladon_deploy.errors import BundleError, LadonError, PayloadError
 from ladon_deploy.device import entropy
 from ladon_deploy.device.entropy import CodingError, EntropyCoder
@@ -154,7 +155,7 @@ def test_npz_round_trip(reference, tmp_path):
     _, coder = reference
     path = str(tmp_path / "entropy.npz")
     np.savez(path, **coder.to_tables())
-    loaded = EntropyCoder.from_npz(path)
+    loaded = EntropyCoder.from_tables(read_entropy_tables(path))
     shape = (CHANNELS, 7, 5)
     symbols = np.random.default_rng(6).integers(-20, 20, size=shape).astype(np.int32)
     assert loaded.encode(symbols) == coder.encode(symbols)
@@ -626,9 +627,9 @@ def test_from_npz_reports_unreadable_files(tmp_path):
     path = tmp_path / "entropy.npz"
     path.write_bytes(b"not a zip")
     with pytest.raises(BundleError, match="cannot read entropy tables"):
-        EntropyCoder.from_npz(str(path))
+        EntropyCoder.from_tables(read_entropy_tables(str(path)))
     with pytest.raises(BundleError, match="cannot read entropy tables"):
-        EntropyCoder.from_npz(str(tmp_path / "missing.npz"))
+        EntropyCoder.from_tables(read_entropy_tables(str(tmp_path / "missing.npz")))
 
 
 def _run_python(script, *args, timeout=300):
@@ -674,11 +675,12 @@ def test_extension_loads_without_torch_or_compressai(saved):
     tables, latent, reference_body = saved
     result = _run_python(NO_TORCH + """
     import numpy as np
+    from ladon_deploy.bundle import read_entropy_tables
     from ladon_deploy.device.entropy import EntropyCoder, find_rans_extension, load_rans
 
     module = load_rans()
     assert load_rans() is module
-    coder = EntropyCoder.from_npz(sys.argv[1], backend="compressai")
+    coder = EntropyCoder.from_tables(read_entropy_tables(sys.argv[1]), backend="compressai")
     y = np.load(sys.argv[2])
     body = coder.compress(y)
     assert body == open(sys.argv[3], "rb").read(), "bytes differ from CompressAI's"
@@ -696,8 +698,9 @@ def test_native_coder_loads_neither_torch_nor_compressai(saved):
     result = _run_python(NO_TORCH + """
     import numpy as np
     from ladon_deploy.device.entropy import EntropyCoder
+    from ladon_deploy.bundle import read_entropy_tables
 
-    coder = EntropyCoder.from_npz(sys.argv[1])
+    coder = EntropyCoder.from_tables(read_entropy_tables(sys.argv[1]))
     y = np.load(sys.argv[2])
     body = coder.compress(y)
     assert body == open(sys.argv[3], "rb").read(), "bytes differ from CompressAI's"
@@ -722,14 +725,15 @@ def test_without_the_native_coder_compressai_codes(saved):
     sys.meta_path.insert(0, BlockNative())
     import numpy as np
     from ladon_deploy.device import entropy
+    from ladon_deploy.bundle import read_entropy_tables
 
-    coder = entropy.EntropyCoder.from_npz(sys.argv[1])
+    coder = entropy.EntropyCoder.from_tables(read_entropy_tables(sys.argv[1]))
     y = np.load(sys.argv[2])
     body = coder.compress(y)
     assert body == open(sys.argv[3], "rb").read(), "bytes differ from CompressAI's"
     assert np.array_equal(coder.decode(body, y.shape[1:]), coder.quantize(y))
     try:
-        entropy.EntropyCoder.from_npz(sys.argv[1], backend="native")
+        entropy.EntropyCoder.from_tables(read_entropy_tables(sys.argv[1]), backend="native")
     except entropy.RansUnavailableError as exc:
         print("REFUSED", exc)
     print("BACKEND", coder.backend, entropy.native_available())
@@ -745,6 +749,7 @@ def test_compressai_still_works_after_direct_load(saved):
     result = _run_python("""
     import sys
     import numpy as np
+    from ladon_deploy.bundle import read_entropy_tables
     from ladon_deploy.device.entropy import EntropyCoder, load_rans
 
     module = load_rans()
@@ -753,7 +758,7 @@ def test_compressai_still_works_after_direct_load(saved):
     from compressai.entropy_models import EntropyBottleneck
 
     assert ans is module
-    coder = EntropyCoder.from_npz(sys.argv[1])
+    coder = EntropyCoder.from_tables(read_entropy_tables(sys.argv[1]))
     bottleneck = EntropyBottleneck(coder.channels)
     bottleneck.update(force=True)
     bottleneck._quantized_cdf = torch.from_numpy(coder.quantized_cdf)
@@ -775,6 +780,7 @@ def test_missing_extension_is_a_clear_error():
 
     from ladon_deploy.errors import LadonError
     from ladon_deploy.device import entropy
+    from ladon_deploy.bundle import read_entropy_tables
 
     real_find_spec = importlib.util.find_spec
     importlib.util.find_spec = lambda name, *args: None if name == "compressai" else real_find_spec(name, *args)
@@ -801,8 +807,9 @@ GARBAGE = """
     import numpy as np
     from ladon_deploy.errors import LadonError
     from ladon_deploy.device.entropy import EntropyCoder
+    from ladon_deploy.bundle import read_entropy_tables
 
-    coder = EntropyCoder.from_npz(sys.argv[1], backend=sys.argv[2])
+    coder = EntropyCoder.from_tables(read_entropy_tables(sys.argv[1]), backend=sys.argv[2])
     rng = np.random.default_rng(9)
 
     def valid_state(body):

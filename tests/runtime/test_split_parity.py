@@ -6,7 +6,8 @@ from PIL import Image
 
 from images import make_image
 from ladon_deploy.bundle import open_bundle
-from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD, ladon_reference_forward
+from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD
+from reference import ladon_reference_forward
 from ladon_deploy.device import wire
 from ladon_deploy.device.stage import DeviceStage
 from ladon_deploy.server.stage import ServerStage
