@@ -21,8 +21,26 @@ class UsageError(LadonError):
     """A command line that cannot be run as given."""
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default in --help, except where there is none to show (None, False, an empty list) or
+    the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        nothing_to_show = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if nothing_to_show or "default" in help_text:
+            return help_text
+        return super(DefaultsHelpFormatter, self)._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line (through UsageError) instead of usage + message."""
+    """argparse that reports a bad command line as one line (through UsageError) instead of usage + message,
+    and shows defaults in --help."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super(OneLineParser, self).__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)

@@ -20,7 +20,7 @@ def classification_model():
                              skips_fc=False, num_classes=1000, weights=None)
 
 
-def detection_model():
+def detection_model(input_size=416):
     from sc2bench.models.detection.rcnn import faster_rcnn_model
 
     backbone_config = {"key": "splittable_resnet",
@@ -32,7 +32,7 @@ def detection_model():
                                                                         "layer3": "3", "layer4": "4"},
                                                   "in_channels_list": [256, 512, 1024, 2048], "out_channels": 256,
                                                   "analyzable_layer_key": "bottleneck_layer"},
-                             in_channels_stage2=256, min_size=416, max_size=416)
+                             in_channels_stage2=256, min_size=input_size, max_size=input_size)
 
 
 def segmentation_model():

@@ -3,7 +3,8 @@
     python -m ladon_deploy.bench.device_process ladon --bundle B --image I [--copies 3]
     python -m ladon_deploy.bench.device_process lc --image I --model a.onnx --model b.onnx --model c.onnx
 
-`ladon` runs the real mobile stage (`--copies 3` holds three of them: split computing with one single-task model per
+Every model runs on `--engine` (an engine of engines/registry.py; onnxruntime by default). `ladon` runs the real
+mobile stage (`--copies 3` holds three of them: split computing with one single-task model per
 task). `lc` holds the three LC models of a configuration in ONNX Runtime and runs each once on the image. Nothing
 here imports torch: a device would not.
 """
@@ -36,12 +37,12 @@ def lc_input(rgb: np.ndarray, task: str, shape: Sequence[int]) -> np.ndarray:
     return chw[None] if task != "detection" else chw
 
 
-def run_ladon(bundle_dir: str, image: str, copies: int, threads: Optional[int]) -> int:
+def run_ladon(bundle_dir: str, image: str, copies: int, threads: Optional[int], engine: str = "onnxruntime") -> int:
     from ladon_deploy.bundle import open_bundle
     from ladon_deploy.device.stage import DeviceStage
 
     bundle = open_bundle(bundle_dir, verify=False)
-    stages = [DeviceStage(bundle, threads=threads) for _ in range(copies)]
+    stages = [DeviceStage(bundle, engine=engine, threads=threads) for _ in range(copies)]
     total = 0
     for stage in stages:
         total += len(stage.run(image, tuple(bundle.tasks)).payload)
@@ -49,14 +50,15 @@ def run_ladon(bundle_dir: str, image: str, copies: int, threads: Optional[int]) 
     return 0
 
 
-def run_lc(models: List[str], image: str, threads: Optional[int]) -> int:
-    from ladon_deploy.engines.ort_runner import OnnxRuntimeRunner
+def run_lc(models: List[str], image: str, threads: Optional[int], engine: str = "onnxruntime",
+           cache_dir: Optional[str] = None) -> int:
+    from ladon_deploy.engines.registry import open_runner
 
     rgb = np.asarray(preprocess.load_image(image))
     runners = []
     for spec in models:
         path, task = spec.rsplit(":", 1)
-        runners.append((OnnxRuntimeRunner(path, threads=threads), task))
+        runners.append((open_runner(path, engine, threads, cache_dir=cache_dir), task))
     for runner, task in runners:
         name = runner.input_names[0]
         runner.run({name: lc_input(rgb, task, runner.input_shape(name))})
@@ -72,10 +74,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--copies", type=int, default=1)
     parser.add_argument("--model", action="append", default=[], help="PATH:TASK of an LC model (repeat)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--engine", default="onnxruntime", help="engine name of engines/registry.py")
+    parser.add_argument("--cache-dir", default=None, help="TensorRT execution provider's engine cache (LC models)")
     args = parser.parse_args(argv)
     if args.kind == "ladon":
-        return run_ladon(args.bundle, args.image, args.copies, args.threads)
-    return run_lc(args.model, args.image, args.threads)
+        return run_ladon(args.bundle, args.image, args.copies, args.threads, args.engine)
+    return run_lc(args.model, args.image, args.threads, args.engine, args.cache_dir)
 
 
 if __name__ == "__main__":

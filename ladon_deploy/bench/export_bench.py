@@ -35,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    runs = []  # type: List[Dict[str, float]]
+    runs: List[Dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="ladon-export-bench-") as workdir:
         for index in range(args.runs):
             runs.append(run_once(workdir, index))

@@ -23,7 +23,8 @@ totals equal fvcore's on the torch module to 6 significant digits:
 
   - ``BatchNormalization``: 2 per element (inference: scale + shift). The TorchScript exporter
     (``dynamo=False``, eval mode) folds every Conv -> BatchNorm pair into the Conv, so there is usually no BN
-    node left; such a folded BN is recognised (``folded_bn="auto"``, see ``_is_folded_bn_conv``) and still
+    node left; such a folded BN is recognised (by value given the source module, ``folded_bn=module``; by the
+    exporter's tensor names with ``folded_bn="auto"``; see ``_is_folded_bn_conv``) and still
     counted, 2 per output element of its Conv, under the key ``"BatchNormalization(folded)"``, exactly as
     fvcore counts the BatchNorm2d module of the torch model. It is 1-7% of a MobileNet's total, 0.5% of
     ResNet-50's. ``folded_bn=False`` counts the folded graph as it runs (no BN work).
@@ -84,7 +85,7 @@ _CONVENTIONS = ("fvcore", "mac")
 _RESOLVE = ("static", "onnxruntime", "auto")
 
 
-class UncountedNode(object):
+class UncountedNode:
     """A node that would be counted but whose cost could not be determined."""
 
     __slots__ = ("name", "op_type", "shapes", "reason")
@@ -102,7 +103,7 @@ class UncountedNode(object):
         return "UncountedNode(%r, %r, %s: %s)" % (self.name, self.op_type, self.shapes, self.reason)
 
 
-class GmacReport(object):
+class GmacReport:
     """Result of :func:`count_gmac`.
 
     Attributes:
@@ -416,17 +417,56 @@ _TS_FOLDED_PREFIX = "onnx::Conv_"
 def _is_folded_bn_conv(node, folded_bn):
     """Whether a Conv carries a BatchNormalization folded into it by the exporter.
 
-    ``folded_bn="auto"``: the TorchScript exporter (``torch.onnx.export(dynamo=False)`` in eval mode) folds every
-    Conv -> BatchNorm pair and stores the new weight and bias as fresh tensors named ``onnx::Conv_<n>`` (directly
-    or through an Identity that deduplicates equal tensors), while a Conv without BN keeps its parameters'
-    names (``layer.weight`` / ``layer.bias``); a GDN's conv takes computed tensors (``/1/Reshape_output_0``).
+    ``folded_bn`` is what ``count_gmac`` was given, with a module already turned into the frozenset of the output
+    names of the Convs whose weight is none of the module's tensors (``_convs_with_computed_weights``).
+    ``"auto"``: the TorchScript exporter (``torch.onnx.export(dynamo=False)`` in eval mode) folds every Conv ->
+    BatchNorm pair and stores the new weight and bias as fresh tensors named ``onnx::Conv_<n>`` (directly or through
+    an Identity that deduplicates equal tensors), while a Conv without BN keeps its parameters' names
+    (``layer.weight`` / ``layer.bias``); a GDN's conv takes computed tensors (``/1/Reshape_output_0``).
     ``True``: every Conv with a bias; ``False``: none.
     """
     if folded_bn is False or node.op_type != "Conv" or len(node.input) < 3 or not node.input[2]:
         return False
     if folded_bn is True:
         return True
+    if isinstance(folded_bn, frozenset):
+        return node.output[0] in folded_bn
     return node.input[1].startswith(_TS_FOLDED_PREFIX) and node.input[2].startswith(_TS_FOLDED_PREFIX)
+
+
+def _convs_with_computed_weights(proto, module):
+    """Output names of the Convs (with a bias) whose weight initializer equals none of ``module``'s tensors.
+
+    Exporting copies a parameter into the graph unchanged unless the exporter computed a new tensor from it; for
+    a Conv with an initializer weight that new tensor is the BatchNorm folded into it. Decided by value, so it
+    holds whatever the exporter names its tensors. A weight that is no initializer at all (GDN's, computed at run
+    time) is no folded BatchNorm.
+    """
+    import hashlib
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    def fingerprint(array):
+        array = np.ascontiguousarray(array)
+        return array.shape, array.dtype.str, hashlib.sha1(array.tobytes()).hexdigest()
+
+    known = {fingerprint(t.detach().cpu().numpy()) for t in module.state_dict().values()}
+    initializers = {t.name: t for t in proto.graph.initializer}
+    aliases = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Identity" and n.input}
+    folded = set()
+    for node in proto.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 3 or not node.input[2]:
+            continue
+        name = node.input[1]
+        for _ in range(len(aliases)):
+            if name not in aliases:
+                break
+            name = aliases[name]
+        weight = initializers.get(name)
+        if weight is not None and fingerprint(numpy_helper.to_array(weight)) not in known:
+            folded.add(node.output[0])
+    return frozenset(folded)
 
 
 def _node_macs(node, shape_of, convention, folded_bn="auto"):
@@ -578,11 +618,13 @@ def count_gmac(model, input_shapes=None, convention="fvcore", resolve="static", 
             ONNX Runtime only if something is unresolved).
         inputs: dict name -> numpy array for the ONNX Runtime run (default: seeded uniform [0, 1) data).
         seed: seed of the random inputs.
-        folded_bn: ``"auto"`` (default), True or False: under the fvcore convention, count a BatchNormalization
-            that the exporter folded into a Conv as fvcore counts an inference BatchNorm (2 per output element),
-            under the op key ``"BatchNormalization(folded)"``. ``"auto"`` recognises the TorchScript exporter's
-            folding by the names of the Conv's weight and bias (see ``_is_folded_bn_conv``); True treats every
-            Conv with a bias as folded; False never.
+        folded_bn: ``"auto"`` (default), True, False, or the torch module the graph was exported from: under
+            the fvcore convention, count a BatchNormalization that the exporter folded into a Conv as fvcore counts
+            an inference BatchNorm (2 per output element), under the op key ``"BatchNormalization(folded)"``.
+            Given the module, a Conv is folded when its weight equals none of the module's tensors (by value,
+            independent of tensor names); ``"auto"`` recognises the TorchScript exporter's folding by the names of
+            the Conv's weight and bias (see ``_is_folded_bn_conv``); True treats every Conv with a bias as folded;
+            False never.
         unknown_dim: if given (an int), every dim that stays unknown after the static analysis is taken as this
             value, and the report's ``shape_source`` is ``"static+assumed"``. For Faster R-CNN the only unknown
             dim of the counted nodes is the number of proposals reaching the box head, so passing the model's
@@ -598,6 +640,10 @@ def count_gmac(model, input_shapes=None, convention="fvcore", resolve="static", 
     if resolve not in _RESOLVE:
         raise ValueError("resolve must be one of %s, got %r" % (_RESOLVE, resolve))
     proto = _load(model)
+    if hasattr(folded_bn, "state_dict"):
+        folded_bn = _convs_with_computed_weights(proto, folded_bn)
+    elif folded_bn not in ("auto", True, False):
+        raise ValueError("folded_bn must be 'auto', True, False or a torch module, got %r" % (folded_bn,))
     used_shapes = _fix_inputs(proto, input_shapes)
     inferred, folded = _static_analysis(proto)
     static_shapes, _ = _static_tables(inferred)

@@ -17,12 +17,24 @@ from typing import Dict, List, Optional, Sequence
 _LAUNCHER = r"""
 import json, os, sys, tempfile
 with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-    pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], dict(os.environ),
-                          file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, err.fileno(), 2)])
+    if hasattr(os, "posix_spawnp"):
+        pid = os.posix_spawnp(sys.argv[1], sys.argv[1:], dict(os.environ),
+                              file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                                            (os.POSIX_SPAWN_DUP2, err.fileno(), 2)])
+    else:  # Python 3.6/3.7 (JetPack 4.6): fork this small interpreter and exec the target
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                os.execvp(sys.argv[1], sys.argv[1:])
+            finally:
+                os._exit(127)
     _, status, usage = os.wait4(pid, 0)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
     out.seek(0)
     err.seek(0)
-    print(json.dumps({"returncode": os.waitstatus_to_exitcode(status), "maxrss": usage.ru_maxrss * 1024,
+    print(json.dumps({"returncode": code, "maxrss": usage.ru_maxrss * 1024,
                       "stdout": out.read().decode(errors="replace"), "stderr": err.read().decode(errors="replace")}))
 """
 
@@ -44,8 +56,8 @@ def measure(command: Sequence[str], env: Optional[Dict[str, str]] = None, timeou
     """Runs `command` to completion; returns its exit code, output and peak RSS in bytes (Linux ru_maxrss)."""
     import subprocess
 
-    launcher = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER] + list(command), capture_output=True,
-                              timeout=timeout, env=env)
+    launcher = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER] + list(command), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout, env=env)
     if launcher.returncode != 0:
         raise RuntimeError("memory launcher failed: %s" % launcher.stderr.decode(errors="replace").strip())
     report = json.loads(launcher.stdout.decode())

@@ -5,11 +5,14 @@
 Prints the median (and p90) of every mobile and server stage over --repeats runs after warm-up, then:
   - the encoder through ONNX Runtime against the same encoder in PyTorch eager (and the whole mobile stage against a
     PyTorch-eager mobile stage: torchvision transform + encoder + EntropyBottleneck.compress);
+  - the server stage (rANS decode, body once, three heads) against the authors' PyTorch pipeline in eager mode: the
+    unsplit model's EntropyBottleneck.decompress, bottleneck decoder + ResNet layers, and the three heads;
   - entropy encode + decode against the encoder;
   - end-to-end against the sum of its stages (the glue's overhead);
   - peak RSS of a mobile-only process (a separate interpreter, measured by the OS) against a process that imports
     torch and compressai.
-PyTorch-eager numbers use a randomly initialised encoder of the same architecture: time does not depend on weights.
+PyTorch-eager numbers use a randomly initialised model of the same architecture: time does not depend on weights
+(detection's box count does: both sides keep torchvision's thresholds, and the eager heads see random weights).
 """
 import argparse
 import os
@@ -21,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ladon_deploy.bench.device_bench import make_bench_image
 from ladon_deploy.bench.memory import measure, python_command
 
 MOBILE_ONLY = """
@@ -42,20 +46,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def make_bench_image(path: str, size: int = 416, seed: int = 0, width: Optional[int] = None) -> str:
-    """A seeded photo-like test image (colour gradients plus texture) of size x size, or size x width, as PNG."""
-    from PIL import Image
-
-    height, width = size, width or size
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255.0 / width, yy * 255.0 / height, (xx + yy) * 127.0 / (height + width) * 2], -1)
-    pixels = base * 0.7 + rng.normal(0, 30, (height, width, 3))
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
-    return path
-
-
-def torch_eager_mobile(bundle, image_path: str, threads: Optional[int], repeats: int, warmup: int) -> Dict[str, List[float]]:
+def torch_eager_mobile(bundle, image_path: str, threads: Optional[int], repeats: int,
+                       warmup: int) -> Dict[str, List[float]]:
     """The same mobile stage in PyTorch eager: torchvision transform, sc2bench encoder, EntropyBottleneck.compress."""
     import torch
     from PIL import Image
@@ -71,7 +63,7 @@ def torch_eager_mobile(bundle, image_path: str, threads: Optional[int], repeats:
     transform = GeneralizedRCNNTransform(size, size, list(settings["mean"]), list(settings["std"])).eval()
     bottleneck = build_bottleneck(int(bundle.manifest["bottleneck_channels"])).eval()
     bottleneck.update(force=True)
-    samples = {"preprocess": [], "encoder": [], "compress": [], "total": []}  # type: Dict[str, List[float]]
+    samples: Dict[str, List[float]] = {"preprocess": [], "encoder": [], "compress": [], "total": []}
     with torch.no_grad():
         for index in range(warmup + repeats):
             started = time.perf_counter()
@@ -86,6 +78,52 @@ def torch_eager_mobile(bundle, image_path: str, threads: Optional[int], repeats:
                 samples["preprocess"].append(preprocessed - started)
                 samples["encoder"].append(encoded - preprocessed)
                 samples["compress"].append(done - encoded)
+                samples["total"].append(done - started)
+    return samples
+
+
+def torch_eager_server(bundle, image_path: str, threads: Optional[int], repeats: int,
+                       warmup: int) -> Dict[str, List[float]]:
+    """The server half in PyTorch eager, as the authors ran the unsplit model: decompress, body, the three heads."""
+    import torch
+    from PIL import Image
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+    from torchvision.transforms.functional import to_tensor
+
+    from ladon_deploy.models.ladon import LadonModel
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    settings = bundle.preprocessing
+    size = int(settings["input_size"])
+    model = LadonModel(bundle.manifest["architecture"], tuple(bundle.tasks)).eval()
+    model.update_entropy_tables(force=True)
+    transform = GeneralizedRCNNTransform(size, size, list(settings["mean"]), list(settings["std"])).eval()
+    samples: Dict[str, List[float]] = {"entropy_decode": [], "body": [], "heads": [], "total": []}
+    with torch.no_grad():
+        images = transform([to_tensor(Image.open(image_path).convert("RGB"))])[0]
+        padded = tuple(int(d) for d in images.tensors.shape[-2:])
+        latent = model.encode(images.tensors)
+        compressed = model.entropy_bottleneck.compress(latent)
+        latent_shape = latent.shape[-2:]
+        for index in range(warmup + repeats):
+            started = time.perf_counter()
+            latent_hat = model.entropy_bottleneck.decompress(compressed, latent_shape)
+            decoded = time.perf_counter()
+            features = model.body(latent_hat)
+            bodied = time.perf_counter()
+            if "cls" in model.tasks:
+                model.classify(features["4"])
+            if "det" in model.tasks:
+                model.detection(features, padded, images.image_sizes)
+            if "seg" in model.tasks:
+                model.segmentation(features["4"], padded)
+            done = time.perf_counter()
+            if index >= warmup:
+                samples["entropy_decode"].append(decoded - started)
+                samples["body"].append(bodied - decoded)
+                samples["heads"].append(done - bodied)
                 samples["total"].append(done - started)
     return samples
 
@@ -111,7 +149,7 @@ def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: Optional[
     server = ServerStage(bundle, threads=threads)
     tasks = tuple(bundle.tasks)
 
-    samples = {}  # type: Dict[str, List[float]]
+    samples: Dict[str, List[float]] = {}
     payload_bytes = 0
     for index in range(warmup + repeats):
         started = time.perf_counter()
@@ -133,6 +171,8 @@ def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: Optional[
     eager = torch_eager_mobile(bundle, image, threads, repeats, warmup)
     for name, values in eager.items():
         samples["torch eager mobile/" + name] = values
+    for name, values in torch_eager_server(bundle, image, threads, repeats, warmup).items():
+        samples["torch eager server/" + name] = values
 
     mobile_peak = measure(python_command(MOBILE_ONLY, bundle_dir, image, str(threads or 0), str(memory_repeats)))
     if mobile_peak.returncode != 0:
@@ -158,6 +198,13 @@ def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: Optional[
                                                               median["torch eager mobile/encoder"]))
     print("| mobile stage: ONNX Runtime + numpy / PyTorch eager + CompressAI | %.3f |" % (
         median["mobile/total"] / median["torch eager mobile/total"]))
+    server_heads = sum(median.get("server/head_" + task, 0.0) for task in tasks)
+    print("| server stage: ONNX Runtime + numpy / PyTorch eager + CompressAI | %.3f (%.1f ms / %.1f ms) |" % (
+        median["server/total"] / median["torch eager server/total"], median["server/total"] * 1e3,
+        median["torch eager server/total"] * 1e3))
+    print("| server body: ONNX Runtime / PyTorch eager | %.3f |" % (median["server/body"] /
+                                                                median["torch eager server/body"]))
+    print("| server heads: ONNX Runtime / PyTorch eager | %.3f |" % (server_heads / median["torch eager server/heads"]))
     print("| entropy encode + decode / encoder | %.3f (%.2f ms / %.2f ms) |" % (
         coding / median["mobile/encoder"], coding * 1e3, median["mobile/encoder"] * 1e3))
     print("| end-to-end / sum of stages | %.4f (glue %.3f ms) |" % (

@@ -104,6 +104,18 @@ def default_backend() -> str:
 
 _rans_module = None  # type: Any
 _rans_lock = threading.Lock()
+_fallback_noted = []  # type: List[bool]
+
+
+def _note_fallback_once() -> None:
+    # A server silently decoding with the weaker fallback (no bounds checks, slower) is what this line prevents.
+    with _rans_lock:
+        if _fallback_noted:
+            return
+        _fallback_noted.append(True)
+    sys.stderr.write("ladon: note: the native rANS coder (ladon_deploy.device._rans) is not built; coding with "
+                     "CompressAI's extension instead (same bytes; slower, and its decoder needs padded input)\n")
+    sys.stderr.flush()
 
 
 def find_rans_extension() -> Optional[str]:
@@ -222,6 +234,8 @@ class EntropyCoder(object):
         if backend == "native" and _native is None:
             raise RansUnavailableError("the native rANS coder (ladon_deploy.device._rans) is not built: reinstall "
                                        "ladon-deploy with a C compiler, or use backend='compressai'")
+        if backend == "compressai" and _native is None:
+            _note_fallback_once()
         self.backend = backend  # type: str
         cdf = _as_int32("quantized_cdf", quantized_cdf)
         lengths = _as_int32("cdf_length", cdf_length)

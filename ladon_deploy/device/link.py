@@ -7,30 +7,53 @@ import re
 
 from ladon_deploy.errors import LadonError
 
-_UNITS = {"bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9}
-_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us)?\s*$")
+# A rate's unit is a decimal prefix and either bits or bytes per second. The prefix is read in either case (users
+# write kbps and Kbps alike); the b/B is not: "MBps" is megabytes, eight times "Mbps".
+_PREFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_BITS = ("bps", "bit/s", "b/s", "bit")
+_BYTES = ("Bps", "B/s")
+_RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgG]?)(\S*)\s*$")
+_RATE_EXAMPLES = "examples: 37.5kbps, 100kbps, 1.5Mbps, 9600bps, 125kBps = 1Mbps"
+_DURATION_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(\S*)\s*$")
 
 
 def parse_rate(text: str) -> float:
-    """'100kbps' -> 100000.0 bits/s. Units: bps, kbps, Mbps, Gbps (case-insensitive); a bare number is bps."""
+    """'37.5kbps' -> 37500.0 bits/s. The unit is required: bps, kbps, Mbps, Gbps (or bit/s) for bits per second,
+    Bps, kBps, MBps, GBps (or B/s) for bytes per second (1MBps = 8 Mbps); a bare number is refused."""
     match = _RATE.match(str(text))
-    unit = match.group(2).lower() if match else ""
-    if not match or (unit and unit not in _UNITS):
-        raise LadonError("cannot parse rate %r (examples: 100kbps, 37.5kbps, 1.5Mbps, 9600bps)" % text)
-    rate = float(match.group(1)) * _UNITS[unit or "bps"]
+    if not match:
+        raise LadonError("cannot parse rate %r (%s)" % (text, _RATE_EXAMPLES))
+    value, prefix, unit = match.groups()
+    if not unit and not prefix:
+        raise LadonError("rate %r has no unit: write bits per second (e.g. %sbps, %skbps) or bytes per second "
+                         "(e.g. %sBps)" % (text, value, value, value))
+    if unit in _BITS:
+        bits_per_unit = 1.0
+    elif unit in _BYTES:
+        bits_per_unit = 8.0
+    else:
+        raise LadonError("cannot parse rate %r: unknown unit %r (%s)" % (text, prefix + unit, _RATE_EXAMPLES))
+    rate = float(value) * _PREFIXES[prefix.lower()] * bits_per_unit
     if rate <= 0:
         raise LadonError("rate must be positive, got %r" % text)
     return rate
 
 
 def parse_duration(text: str) -> float:
-    """'20ms' -> 0.02 seconds; a bare number is seconds."""
+    """'20ms' -> 0.02 seconds. The unit is required (s, ms, us), except for a plain zero."""
     match = _DURATION.match(str(text))
     if not match:
-        raise LadonError("cannot parse duration %r (examples: 0, 20ms, 0.1s)" % text)
-    scale = {"ms": 1e-3, "us": 1e-6, "s": 1.0, None: 1.0}[match.group(2)]
-    return float(match.group(1)) * scale
+        raise LadonError("cannot parse duration %r (examples: 0, 20ms, 0.1s, 500us)" % text)
+    value, unit = float(match.group(1)), match.group(2)
+    if not unit:
+        if value == 0:
+            return 0.0
+        raise LadonError("duration %r has no unit: write %sms or %ss (s, ms, us)" % (text, match.group(1),
+                                                                                     match.group(1)))
+    if unit not in _DURATION_UNITS:
+        raise LadonError("cannot parse duration %r: unknown unit %r (use s, ms or us)" % (text, unit))
+    return value * _DURATION_UNITS[unit]
 
 
 def format_rate(bits_per_second: float) -> str:

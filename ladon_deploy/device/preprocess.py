@@ -11,10 +11,19 @@ Two policies:
   the longer side becomes ``size`` (aspect ratio kept), zero-pad bottom/right to a multiple of 32.
 - ``"square"``: normalize, then bilinear resize to exactly ``size`` x ``size``; no padding.
 
-Image loading is ``PIL.Image.open(...).convert("RGB")``, which is what the torchvision reference datasets do:
-alpha is dropped (not composited), CMYK/palette/grayscale go through Pillow's own conversion, only the first
-frame of an animated file is used, and EXIF orientation is NOT applied (the reference never called
-``ImageOps.exif_transpose``, so a rotated phone JPEG is seen exactly as the evaluated model would see it).
+Image loading starts from ``PIL.Image.open(...).convert("RGB")`` (what the torchvision reference datasets do for
+RGB, CMYK, palette and 8-bit grayscale files), with four differences a user's photo needs, each reported as a note
+(``Preprocessed.notes``) so that the command line can say what was done:
+
+- EXIF orientation is applied (as ``PIL.ImageOps.exif_transpose``), so boxes and masks come back in the frame every
+  viewer shows, not the sensor's; ``exif_transpose=False`` turns it off.
+- 16-bit grayscale (modes I;16 and I, e.g. 16-bit PNGs) is scaled to 8 bits (``convert("RGB")`` clips it at 255).
+- transparent pixels are composited onto white (``convert("RGB")`` drops alpha, showing whatever colour the
+  transparent pixels happen to hold).
+- of a multi-frame file (animated GIF, multi-page TIFF) the first frame is used, and the note says so.
+
+Images with more than ``max_pixels`` pixels are refused from the header, before decoding; the limit replaces
+Pillow's own decompression-bomb limit (89.5 MP), so it can be raised for a 108 MP phone photo.
 
 On the edge import path: Python 3.6 / numpy 1.19 clean, never imports torch.
 """
@@ -23,9 +32,9 @@ import io
 import math
 import os
 import struct
-import warnings
+import threading
 import zlib
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -41,8 +50,29 @@ SIZE_DIVISIBLE = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Pillow's own default bomb threshold; ours can only be tighter, because Pillow still applies its own limit.
-DEFAULT_MAX_PIXELS = 89478485
+# Pillow's decompression-bomb threshold (89,478,485 pixels), as users quote it; the CLI's --max-megapixels default.
+DEFAULT_MAX_MEGAPIXELS = 89.5
+DEFAULT_MAX_PIXELS = int(DEFAULT_MAX_MEGAPIXELS * 1e6)
+
+# Pillow's limit is a module global read while opening and while loading some formats (GIF frames); ours replaces
+# it for the duration of one decode (none while the header is read: ours is checked right after, without Pillow's
+# warning on stderr; ours while frames load), and the lock keeps two threads from restoring each other's value.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = getattr(Image, "Transpose", Image)  # Pillow >= 9.1 moved the constants into an enum
+# EXIF orientation -> the transpose that displays it, as PIL.ImageOps.exif_transpose applies it.
+_ORIENTATIONS = {
+    2: (_TRANSPOSE.FLIP_LEFT_RIGHT, "mirrored left-right"),
+    3: (_TRANSPOSE.ROTATE_180, "rotated 180 degrees"),
+    4: (_TRANSPOSE.FLIP_TOP_BOTTOM, "mirrored top-bottom"),
+    5: (_TRANSPOSE.TRANSPOSE, "transposed"),
+    6: (_TRANSPOSE.ROTATE_270, "rotated 90 degrees clockwise"),
+    7: (_TRANSPOSE.TRANSVERSE, "transversed"),
+    8: (_TRANSPOSE.ROTATE_90, "rotated 90 degrees counter-clockwise"),
+}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 # Pillow's plugins report corrupt data through a mix of exception types, not only OSError.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error)
@@ -53,16 +83,20 @@ ImageSource = Union[str, bytes, bytearray, memoryview, os.PathLike, Image.Image]
 class Preprocessed(object):
     """The network input and the sizes needed to map results back to the original image.
 
-    ``tensor``: float32 array [1, 3, Hp, Wp] (padded); ``original_size``: (H, W) of the decoded image;
-    ``resized_size``: (H, W) of the resized image before padding (the region holding real pixels).
+    ``tensor``: float32 array [1, 3, Hp, Wp] (padded); ``original_size``: (H, W) of the decoded image (after the
+    EXIF orientation); ``resized_size``: (H, W) of the resized image before padding (the region holding real
+    pixels); ``notes``: what decoding did to the file's pixels (orientation, alpha, bit depth, frames), one
+    sentence each.
     """
 
-    __slots__ = ("tensor", "original_size", "resized_size")
+    __slots__ = ("tensor", "original_size", "resized_size", "notes")
 
-    def __init__(self, tensor: np.ndarray, original_size: Tuple[int, int], resized_size: Tuple[int, int]) -> None:
+    def __init__(self, tensor: np.ndarray, original_size: Tuple[int, int], resized_size: Tuple[int, int],
+                 notes: Optional[List[str]] = None) -> None:
         self.tensor = tensor
         self.original_size = original_size
         self.resized_size = resized_size
+        self.notes = list(notes or [])
 
     @property
     def padded_size(self) -> Tuple[int, int]:
@@ -82,14 +116,21 @@ def _describe(source: object) -> str:
         return "<%s>" % type(source).__name__
 
 
-def load_image(source: ImageSource, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``source`` (path, encoded bytes or a PIL image) into a fully loaded RGB PIL image.
+def load_image(source: ImageSource, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+               exif_transpose: bool = True) -> Image.Image:
+    """Decode ``source`` (path, encoded bytes or a PIL image) into a fully loaded RGB PIL image; see decode_image."""
+    return decode_image(source, max_pixels, exif_transpose)[0]
+
+
+def decode_image(source: ImageSource, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                 exif_transpose: bool = True) -> Tuple[Image.Image, List[str]]:
+    """Decode ``source`` into a fully loaded RGB PIL image and the notes on what decoding did (module docstring).
 
     Raises ImageError for missing, empty, unreadable, corrupt or truncated files and for images with more than
-    ``max_pixels`` pixels (checked from the header, before the pixel data is decoded).
+    ``max_pixels`` pixels (None: no limit), checked from the header before the pixel data is decoded.
     """
     if isinstance(source, Image.Image):
-        return _to_rgb(source, "<PIL image>", max_pixels)
+        return _decode(source, "<PIL image>", max_pixels, exif_transpose)
     name = _describe(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -111,37 +152,83 @@ def load_image(source: ImageSource, max_pixels: Optional[int] = DEFAULT_MAX_PIXE
         except OSError as exc:
             raise ImageError("%s: cannot open: %s" % (name, exc.strerror or exc))
     try:
-        # Pillow only warns between 1x and 2x its limit; a warning would let a bomb through, so make it an error.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _PILLOW_LIMIT_LOCK:
+            pillow_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
             try:
-                image = Image.open(fp)
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageError("%s: image is too large to decode safely (%s)" % (name, exc))
-            except _DECODE_ERRORS:
-                raise ImageError("%s: not a readable image file (unknown format or corrupt header)" % name)
-            # Pillow does not close a file object it was handed (the finally below does); closing the image
-            # instead would also discard the pixels of an image that is already RGB.
-            return _to_rgb(image, name, max_pixels)
+                try:
+                    image = Image.open(fp)
+                except _DECODE_ERRORS:
+                    raise ImageError("%s: not a readable image file (unknown format or corrupt header)" % name)
+                Image.MAX_IMAGE_PIXELS = max_pixels
+                # Pillow does not close a file object it was handed (the finally below does); closing the image
+                # instead would also discard the pixels of an image that is already RGB.
+                return _decode(image, name, max_pixels, exif_transpose)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillow_limit
     finally:
         fp.close()
 
 
-def _to_rgb(image: Image.Image, name: str, max_pixels: Optional[int]) -> Image.Image:
+def _orientation(image: Image.Image) -> Optional[int]:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION)
+    except _DECODE_ERRORS + (KeyError,):
+        return None  # a corrupt EXIF block says nothing reliable about orientation
+    return value if value in _ORIENTATIONS else None
+
+
+def _decode(image: Image.Image, name: str, max_pixels: Optional[int],
+            exif_transpose: bool) -> Tuple[Image.Image, List[str]]:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError("%s: image has no pixels (%dx%d)" % (name, width, height))
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError("%s: image is %dx%d = %d pixels, more than the limit of %d" % (
-            name, width, height, width * height, max_pixels))
+        raise ImageError("%s: image is %dx%d = %.1f MP, too large to decode safely under the limit of %.1f MP "
+                         "(raise it with --max-megapixels)" % (name, width, height, width * height / 1e6,
+                                                                max_pixels / 1e6))
+    notes = []  # type: List[str]
+    orientation = _orientation(image)
     try:
+        frames = getattr(image, "n_frames", 1)
+        # An MPO (many phones' JPEGs) keeps the photo in frame 0 and previews or depth maps after it: nothing to say.
+        if frames > 1 and image.format != "MPO":
+            notes.append("the first of %d frames was used" % frames)
         # load() before convert() so that truncation surfaces here as an error instead of inside convert().
         image.load()
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        rgb = _to_rgb(image, notes)
+    except Image.DecompressionBombError as exc:
+        raise ImageError("%s: a frame is too large to decode safely (%s)" % (name, exc))
     except _DECODE_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageError("%s: cannot decode %s image: %s" % (name, image.format or image.mode, reason))
-    return rgb
+    if orientation is not None:
+        method, description = _ORIENTATIONS[orientation]
+        if exif_transpose:
+            rgb = rgb.transpose(method)
+            notes.append("EXIF orientation %d applied: %s to the frame viewers show" % (orientation, description))
+        else:
+            notes.append("EXIF orientation %d (%s) ignored: the sensor's frame is used" % (orientation, description))
+    return rgb, notes
+
+
+def _to_rgb(image: Image.Image, notes: List[str]) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float64)
+        # 65535 -> 255 and 257 * v -> v: the scaling every 16-to-8-bit converter uses, rounded to nearest.
+        gray = np.floor(np.clip(values, 0, 65535) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+        notes.append("16-bit grayscale (%s) scaled to 8 bits" % image.mode)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] < 255:
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            notes.append("transparent pixels composited onto white")
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return rgba.convert("RGB")
+    return image.convert("RGB")
 
 
 def resized_size(height: int, width: int, size: int = DEFAULT_SIZE, policy: str = POLICY_LONGER_SIDE) -> Tuple[int, int]:
@@ -267,9 +354,11 @@ def preprocess_array(rgb: np.ndarray, size: int = DEFAULT_SIZE, policy: str = PO
 
 def preprocess(source: ImageSource, size: int = DEFAULT_SIZE, policy: str = POLICY_LONGER_SIDE,
                mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-               size_divisible: int = SIZE_DIVISIBLE, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
-               ) -> Preprocessed:
+               size_divisible: int = SIZE_DIVISIBLE, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+               exif_transpose: bool = True) -> Preprocessed:
     """Load ``source`` (path, encoded bytes or PIL image) and preprocess it; see the module docstring."""
     _check_params(size, policy)
-    image = load_image(source, max_pixels=max_pixels)
-    return preprocess_array(np.asarray(image), size, policy, mean, std, size_divisible)
+    image, notes = decode_image(source, max_pixels, exif_transpose)
+    result = preprocess_array(np.asarray(image), size, policy, mean, std, size_divisible)
+    result.notes = notes
+    return result

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ladon_deploy.bundle import TASKS, Bundle
 from ladon_deploy.device import preprocess, wire
 from ladon_deploy.device.entropy import EntropyCoder
-from ladon_deploy.engines.registry import open_runner
+from ladon_deploy.engines.registry import open_stage_runner
 from ladon_deploy.errors import LadonError
 
 
@@ -49,28 +49,40 @@ class Clock(object):
 
 class DeviceResult(object):
     def __init__(self, payload: bytes, timings: Dict[str, float], image: preprocess.Preprocessed,
-                 latent_shape: Tuple[int, int, int]) -> None:
+                 latent_shape: Tuple[int, int, int], engines: Optional[Dict[str, str]] = None) -> None:
         self.payload = payload
         self.timings = timings
         self.image = image
         self.latent_shape = latent_shape
+        self.engines = engines or {}  # stage -> the engine that ran it ("onnxruntime", "tensorrt fp16", ...)
+
+    @property
+    def notes(self) -> List[str]:
+        """What decoding did to the image (EXIF orientation, alpha, bit depth, frames), for the user to see."""
+        return self.image.notes
 
 
 class DeviceStage(object):
     """Image -> preprocess -> encoder -> quantize -> rANS encode -> framed payload."""
 
-    def __init__(self, bundle: Bundle, engine: str = "onnxruntime", threads: Optional[int] = None) -> None:
+    def __init__(self, bundle: Bundle, engine: str = "onnxruntime", threads: Optional[int] = None,
+                 exif_transpose: bool = True, max_pixels: Optional[int] = preprocess.DEFAULT_MAX_PIXELS,
+                 precision: Optional[str] = None) -> None:
         self.bundle = bundle
+        self.exif_transpose = exif_transpose
+        self.max_pixels = max_pixels
         settings = bundle.preprocessing
         self.size = int(settings["input_size"])
         self.policy = settings["resize"]
         self.mean = tuple(settings["mean"])
         self.std = tuple(settings["std"])
-        self.encoder = open_runner(bundle.path("encoder"), engine, threads)
+        self.encoder = open_stage_runner(bundle, "encoder", engine, threads, precision)
+        self.engines = {"encoder": self.encoder.engine_label}  # type: Dict[str, str]  # stage -> what ran it
         self.coder = EntropyCoder.from_tables(bundle.load_entropy_tables())
 
     def preprocess(self, source: Any) -> preprocess.Preprocessed:
-        return preprocess.preprocess(source, size=self.size, policy=self.policy, mean=self.mean, std=self.std)
+        return preprocess.preprocess(source, size=self.size, policy=self.policy, mean=self.mean, std=self.std,
+                                     max_pixels=self.max_pixels, exif_transpose=self.exif_transpose)
 
     def run(self, source: Any, tasks: Sequence[str]) -> DeviceResult:
         clock = Clock()
@@ -86,7 +98,7 @@ class DeviceStage(object):
         payload = wire.pack(wire.Payload(self.bundle.bundle_id, shape, image.original_size, image.resized_size,
                                          tuple(tasks), body))
         clock.lap("frame")
-        return DeviceResult(payload, clock.timings, image, shape)
+        return DeviceResult(payload, clock.timings, image, shape, dict(self.engines))
 
     def close(self) -> None:
         self.encoder.close()

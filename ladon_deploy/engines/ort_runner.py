@@ -1,16 +1,89 @@
-"""ONNX Runtime runner (CPU by default; CUDA or TensorRT execution providers where the wheel has them)."""
-from typing import Dict, List, Optional, Sequence
+"""ONNX Runtime runners: CPU by default; the CUDA and TensorRT execution providers where the wheel has them.
+
+The TensorRT execution provider partitions the graph itself: what TensorRT can import runs as TensorRT engines
+(cached on disk, in the bundle's engines area when the registry opens it), the rest falls back node by node to the
+CUDA provider, then the CPU.
+"""
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from ladon_deploy.engines.base import Runner
 from ladon_deploy.errors import EngineError
 
+# engine name -> execution providers in order of preference (ONNX Runtime falls back along the list per node).
+PROVIDERS = {
+    "onnxruntime": ("CPUExecutionProvider",),
+    "onnxruntime-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "onnxruntime-tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+# What to install when a provider is missing (DESIGN.md section 6: there is no aarch64 onnxruntime-gpu on PyPI).
+PROVIDER_INSTALL = {
+    "CUDAExecutionProvider": "install onnxruntime-gpu on an x86_64 machine with an NVIDIA GPU (on a Jetson: NVIDIA's "
+                             "Jetson Zoo onnxruntime-gpu wheel for its JetPack)",
+    "TensorrtExecutionProvider": "install onnxruntime-gpu with TensorRT's libraries on the library path (pip install "
+                                 "tensorrt; on a Jetson: the Jetson Zoo wheel for its JetPack)",
+}
+
+ProviderSpec = Union[str, tuple]
+
 
 def available_providers() -> List[str]:
     import onnxruntime
 
     return list(onnxruntime.get_available_providers())
+
+
+def provider_name(provider: ProviderSpec) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
+# The TensorRT provider's timing-cache options are asked for only from this ONNX Runtime release on: the older
+# wheels of the Jetson Zoo (1.11 with TensorRT 8.2) predate them, and a provider refuses options it does not know.
+TIMING_CACHE_OPTIONS_FROM = (1, 16)
+
+
+def _release(version: str) -> tuple:
+    try:
+        return tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return (0, 0)
+
+
+def tensorrt_provider_options(cache_dir: Optional[str], precision: str = "fp32",
+                              onnxruntime_version: Optional[str] = None) -> Dict[str, Any]:
+    """TensorRT execution provider options: engine (and, where this onnxruntime has the options, timing) caches
+    under cache_dir (None: no cache on disk)."""
+    if onnxruntime_version is None:
+        import onnxruntime
+
+        onnxruntime_version = onnxruntime.__version__
+    options = {"trt_fp16_enable": precision == "fp16"}  # type: Dict[str, Any]
+    if cache_dir:
+        options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir})
+        if _release(onnxruntime_version) >= TIMING_CACHE_OPTIONS_FROM:
+            options.update({"trt_timing_cache_enable": True, "trt_timing_cache_path": cache_dir})
+    return options
+
+
+def engine_providers(engine: str, cache_dir: Optional[str] = None, precision: str = "fp32") -> List[ProviderSpec]:
+    """The providers list an InferenceSession gets for one engine name."""
+    if engine not in PROVIDERS:
+        raise EngineError("%s is not an ONNX Runtime engine (known: %s)" % (engine, ", ".join(PROVIDERS)))
+    providers = list(PROVIDERS[engine])  # type: List[ProviderSpec]
+    if engine == "onnxruntime-tensorrt":
+        providers[0] = ("TensorrtExecutionProvider", tensorrt_provider_options(cache_dir, precision))
+    return providers
+
+
+def check_providers(wanted: Sequence[ProviderSpec], available: Sequence[str]) -> None:
+    """Refuses, in one line saying what to install, a provider this onnxruntime does not have."""
+    missing = [provider_name(p) for p in wanted if provider_name(p) not in available]
+    if missing:
+        hint = PROVIDER_INSTALL.get(missing[0])
+        raise EngineError("onnxruntime has no execution provider %s (available: %s)%s"
+                          % (", ".join(missing), ", ".join(available), ": " + hint if hint else ""))
 
 
 class OnnxRuntimeRunner(Runner):
@@ -24,7 +97,7 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, path: str, threads: Optional[int] = None,
-                 providers: Optional[Sequence[str]] = None) -> None:
+                 providers: Optional[Sequence[ProviderSpec]] = None) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -39,15 +112,25 @@ class OnnxRuntimeRunner(Runner):
         # the next session's threads on a small CPU (the encoder took 44 ms instead of 14 ms next to idle heads).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
-        missing = [p for p in wanted if p not in onnxruntime.get_available_providers()]
-        if missing:
-            raise EngineError("onnxruntime has no execution provider %s (available: %s)"
-                              % (", ".join(missing), ", ".join(onnxruntime.get_available_providers())))
+        check_providers(wanted, onnxruntime.get_available_providers())
+        for provider in wanted:
+            cache = provider[1].get("trt_engine_cache_path") if not isinstance(provider, str) else None
+            if cache:
+                try:
+                    os.makedirs(cache, exist_ok=True)
+                except OSError as exc:
+                    raise EngineError("cannot create the TensorRT engine cache %s: %s" % (cache, exc))
         try:
             self._session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
             raise EngineError("cannot load %s with onnxruntime: %s" % (path, str(exc).splitlines()[0]))
         self.providers = self._session.get_providers()
+        # A listed provider whose libraries fail to load (TensorRT's, CUDA's) is dropped by ONNX Runtime with only a
+        # log line; the first one asked for must really be there, or the run would silently be another engine's.
+        if provider_name(wanted[0]) not in self.providers:
+            raise EngineError("onnxruntime could not start %s for %s (it runs %s instead): %s"
+                              % (provider_name(wanted[0]), path, ", ".join(self.providers),
+                                 PROVIDER_INSTALL.get(provider_name(wanted[0]), "check its libraries")))
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
 

@@ -10,6 +10,8 @@ import time
 import warnings
 from typing import Optional, Sequence
 
+from ladon_deploy import __version__
+from ladon_deploy.atomic import check_writable_file, write_text_atomically
 from ladon_deploy.cli_support import OneLineParser, StepTimer, UsageError, run_command
 
 PROG = "ladon-export"
@@ -17,6 +19,7 @@ PROG = "ladon-export"
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Split Ladon at the bottleneck and export a verified ONNX bundle.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     source = parser.add_argument_group("model source (one of)")
     source.add_argument("--ckpt", action="append", default=[], metavar="PATH",
                         help="checkpoint file; repeat for one file per task (torchdistill, bare state_dict or merged)")
@@ -49,6 +52,19 @@ def _parse_tasks(text: Optional[str]):
     return tasks
 
 
+def _check_outputs(args) -> None:
+    """Refuses unwritable outputs before the model is built or loaded (that takes 10 s or more)."""
+    if args.out:
+        if os.path.exists(args.out) and not args.force:
+            raise UsageError("%s already exists (pass --force to replace it)" % args.out)
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(parent):
+            raise UsageError("cannot write %s: directory %s does not exist" % (args.out, parent))
+    for path in (args.save_merged, args.timings_json):
+        if path:
+            check_writable_file(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.split != "bottleneck":
@@ -62,6 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.input_size <= 0 or args.input_size % 32:
         raise UsageError("--input-size must be a positive multiple of 32 (got %d)" % args.input_size)
     tasks = _parse_tasks(args.tasks)
+    _check_outputs(args)
 
     def say(message: str) -> None:
         if not args.quiet:
@@ -121,8 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.timings_json:
         import json
 
-        with open(args.timings_json, "w") as handle:
-            json.dump(dict(timer.steps), handle, indent=1)
+        write_text_atomically(args.timings_json, json.dumps(dict(timer.steps), indent=1))
     return 0
 
 

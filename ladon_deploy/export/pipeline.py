@@ -70,7 +70,8 @@ def export_stage(spec: StageSpec, example: Sequence[torch.Tensor], path: str, op
         # by the parity check, which runs the exported graph at a second input size.
         warnings.simplefilter("ignore")
         with torch.no_grad():
-            torch.onnx.export(spec.module, tuple(example), path, input_names=spec.inputs, output_names=spec.outputs,
+            torch.onnx.export(spec.export_module, tuple(example), path, input_names=spec.inputs,
+                              output_names=spec.outputs,
                               dynamic_axes=spec.dynamic_axes, opset_version=opset, dynamo=False,
                               do_constant_folding=True)
 
@@ -80,7 +81,7 @@ def _seeded_image(height: int, width: int, seed: int) -> torch.Tensor:
     return torch.randn((1, 3, height, width), generator=generator)
 
 
-class StageInputs(object):
+class StageInputs:
     """The seeded inputs of every stage at one image size, computed once in PyTorch."""
 
     def __init__(self, model: LadonModel, height: int, width: int, seed: int) -> None:
@@ -112,23 +113,10 @@ def check_stage(spec: StageSpec, runner: OnnxRuntimeRunner, inputs: List[torch.T
     outputs = runner.run({name: t.numpy() for name, t in zip(spec.inputs, inputs)})
     candidate = [outputs[name] for name in spec.outputs]
     if spec.name == "head_det":
-        return parity.compare_detections(reference, candidate)
+        roi_heads = spec.module.head.roi_heads
+        return parity.compare_detections(reference, candidate, score_threshold=float(roi_heads.score_thresh),
+                                         max_detections=int(roi_heads.detections_per_img))
     return parity.compare_dense(spec.outputs, reference, candidate)
-
-
-def _merge_checks(checks: List[Dict[str, Any]], sizes: List[List[int]]) -> Dict[str, Any]:
-    """One manifest entry per stage: the worst figures over the checked input sizes, and each size's details."""
-    worst = dict(checks[0])
-    for check in checks[1:]:
-        for key, value in check.items():
-            if isinstance(value, float) and key not in ("matched_fraction",):
-                worst[key] = max(worst.get(key, 0.0), value)
-            elif key == "matched_fraction":
-                worst[key] = min(worst[key], value)
-        worst["passed"] = worst["passed"] and check["passed"]
-    worst["per_input_size"] = [dict(check, input_size=size) for check, size in zip(checks, sizes)]
-    worst.pop("outputs", None)
-    return worst
 
 
 def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
@@ -150,7 +138,7 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
         raise ExportError("the model's entropy tables are empty: run update() before exporting")
 
     model.eval()
-    timings = {}  # type: Dict[str, float]
+    timings: Dict[str, float] = {}
     staging = make_staging_directory(out_dir)
     try:
         started = time.perf_counter()
@@ -159,8 +147,8 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
         probes = [StageInputs(model, h, w, seed + i) for i, (h, w) in enumerate(sizes)]
         timings["reference_inputs"] = time.perf_counter() - started
 
-        stages = {}  # type: Dict[str, Dict[str, Any]]
-        checks = {}  # type: Dict[str, Dict[str, Any]]
+        stages: Dict[str, Dict[str, Any]] = {}
+        checks: Dict[str, Dict[str, Any]] = {}
         for spec in stage_specs(model):
             path = os.path.join(staging, STAGE_FILES[spec.name])
             progress("exporting %s" % spec.name)
@@ -173,7 +161,7 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
             with OnnxRuntimeRunner(path, threads=threads) as runner:
                 results = [check_stage(spec, runner, probe.for_stage(spec.name)) for probe in probes]
             timings["parity_" + spec.name] = time.perf_counter() - started
-            checks[spec.name] = _merge_checks(results, sizes)
+            checks[spec.name] = parity.merge_checks(results, sizes)
             stages[spec.name] = dict(_onnx_io(path), file=STAGE_FILES[spec.name], sha256=sha256_of(path))
 
         failed = [name for name, check in checks.items() if not check["passed"]]
@@ -182,7 +170,8 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
             check = checks[name]
             raise ExportError("parity check failed for %s: %s (tolerance %s)" % (
                 name, {k: v for k, v in check.items() if k in ("rel_l2", "max_box_error_px", "max_score_error",
-                                                                "matched_fraction")}, check["tolerance"]))
+                                                                "matched_fraction", "missing", "extra",
+                                                                "unexplained")}, check["tolerance"]))
 
         entropy_path = os.path.join(staging, STAGE_FILES["entropy"])
         tables = entropy_tables(model)

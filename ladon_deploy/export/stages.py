@@ -6,15 +6,56 @@
     head_det  feat1..feat4, image_size int64 [2]   -> boxes [N,4] (resized-image pixels), scores [N], labels [N]
     head_seg  feat4                                -> logits [1,21,H,W] at the padded input size (H = 32 * feat4 H)
 """
+import copy
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import torch
+from compressai.layers import GDN, GDN1
 from torch import Tensor, nn
+from torch.nn import functional
 
 from ladon_deploy.models.ladon import LadonModel
 
 FEATURE_NAMES = ["feat1", "feat2", "feat3", "feat4"]
 FEATURE_STRIDES = {"feat1": 4, "feat2": 8, "feat3": 16, "feat4": 32}
+
+
+class DeployGDN(nn.Module):
+    """GDN / GDN1 (or their inverses) with the reparametrised gamma and beta computed once, as graph constants.
+
+    CompressAI's layers recompute gamma and beta from their parametrisation on every call, so an export computes the
+    Conv weights inside the graph and writes 1/norm as Reciprocal: TensorRT 8.2's parser (the Nano's) takes Conv
+    weights only as initializers and has no Reciprocal. Here the weights are buffers and the normalisation is one
+    Div (or Mul). Ladon's bottleneck uses GDN1 (norm = conv(|x|), no square or square root). Equal to the original
+    up to float rounding; the export's parity check compares the exported graph with the original layers.
+    """
+
+    def __init__(self, gdn: GDN) -> None:
+        super().__init__()
+        with torch.no_grad():
+            gamma = gdn.gamma_reparam(gdn.gamma)
+            self.register_buffer("weight", gamma.reshape(gamma.shape[0], gamma.shape[1], 1, 1).clone())
+            self.register_buffer("bias", gdn.beta_reparam(gdn.beta).clone())
+        self.inverse = bool(gdn.inverse)
+        self.simplified = isinstance(gdn, GDN1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.simplified:
+            norm = functional.conv2d(torch.abs(x), self.weight, self.bias)
+        else:
+            norm = torch.sqrt(functional.conv2d(x * x, self.weight, self.bias))
+        return x * norm if self.inverse else x / norm
+
+
+def fold_gdn(module: nn.Module) -> nn.Module:
+    """A copy of `module` whose every GDN layer is a DeployGDN; the original is left as it is."""
+    folded = copy.deepcopy(module)
+    for parent in folded.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GDN):
+                setattr(parent, name, DeployGDN(child))
+    return folded.eval()
 
 
 class EncoderStage(nn.Module):
@@ -68,13 +109,17 @@ class SegmentationStage(nn.Module):
         return self.head(feat4, padded)
 
 
-class StageSpec(object):
-    """How one stage is exported: its module, ONNX input/output names and dynamic axes."""
+class StageSpec:
+    """How one stage is exported: its module, ONNX input/output names and dynamic axes.
+
+    module is the reference the parity check runs; export_module (by default the same) is what is written to ONNX.
+    """
 
     def __init__(self, name: str, module: nn.Module, inputs: List[str], outputs: List[str],
-                 dynamic_axes: Dict[str, Dict[int, str]]) -> None:
+                 dynamic_axes: Dict[str, Dict[int, str]], export_module: Optional[nn.Module] = None) -> None:
         self.name = name
         self.module = module.eval()
+        self.export_module = (export_module or module).eval()
         self.inputs = inputs
         self.outputs = outputs
         self.dynamic_axes = dynamic_axes
@@ -85,11 +130,16 @@ def _feature_axes() -> Dict[str, Dict[int, str]]:
 
 
 def stage_specs(model: LadonModel) -> List[StageSpec]:
+    # The encoder and the body's decoder hold GDN layers: they are exported with GDN folded (TensorRT 8.2 reads
+    # them then) and checked against the model as it is.
+    deployed = fold_gdn(model)
     specs = [
         StageSpec("encoder", EncoderStage(model), ["image"], ["latent"],
-                  {"image": {2: "height", 3: "width"}, "latent": {2: "latent_h", 3: "latent_w"}}),
+                  {"image": {2: "height", 3: "width"}, "latent": {2: "latent_h", 3: "latent_w"}},
+                  export_module=EncoderStage(deployed)),
         StageSpec("body", BodyStage(model), ["latent_hat"], list(FEATURE_NAMES),
-                  dict(_feature_axes(), latent_hat={2: "latent_h", 3: "latent_w"})),
+                  dict(_feature_axes(), latent_hat={2: "latent_h", 3: "latent_w"}),
+                  export_module=BodyStage(deployed)),
     ]
     if "cls" in model.tasks:
         specs.append(StageSpec("head_cls", ClassificationStage(model), ["feat4"], ["probabilities"],

@@ -60,7 +60,7 @@ __all__ = ["LCModelSpec", "LC_MODELS", "DETECTOR_SCORE_THRESH", "build_lc_model"
 DETECTOR_SCORE_THRESH = 0.001
 
 
-class LCModelSpec(object):
+class LCModelSpec:
     """One LC baseline.
 
     Attributes:

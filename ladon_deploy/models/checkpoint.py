@@ -14,7 +14,10 @@ The trunk of Ladon is frozen after training step 2, so every file's copy of it m
 import argparse
 import os
 import pathlib
+import pickle
 import re
+import struct
+import zipfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,18 +55,57 @@ def read_checkpoint_file(path: str) -> Any:
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, zipfile errors...
+    except OSError as exc:
+        raise CheckpointError("cannot read checkpoint %s: %s" % (path, exc.strerror or exc))
+    except _MALFORMED_FILE_ERRORS as exc:
+        if isinstance(exc, (RuntimeError, AttributeError, TypeError)) and not _from_torch_reading_a_file(exc):
+            raise  # not a verdict on the file: a bug, reported as one
         # torch words the refusal of a non-allow-listed class in two ways, depending on the module it names.
         match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
         if match:
             raise CheckpointError("refusing %s: its pickle would build %s (untrusted checkpoint, nothing was run)"
                                   % (path, match.group(1)))
-        raise CheckpointError("%s is not a readable PyTorch checkpoint (%s)" % (path, type(exc).__name__))
+        raise CheckpointError("%s is not a readable PyTorch checkpoint (%s: %s)" % (path, type(exc).__name__,
+                                                                                      _reason(exc)))
+
+
+# What torch.load raises on a file that is not a well-formed checkpoint (measured on truncated, bit-flipped and
+# random files): the weights-only unpickler's refusals, the zip reader's RuntimeError, and whatever a malformed
+# pickle stream makes the unpickler trip over. RuntimeError, AttributeError and TypeError are also what bugs raise,
+# so those three count as the file's fault only when torch's reading code raised them (_from_torch_reading_a_file).
+_MALFORMED_FILE_ERRORS = (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile, ValueError, IndexError,
+                          KeyError, RuntimeError, AttributeError, TypeError)
+_TORCH_READERS = ("serialization.py", "_weights_only_unpickler.py", "_utils.py")
+
+
+def _from_torch_reading_a_file(exc: BaseException) -> bool:
+    """Whether the innermost frame that raised `exc` is torch's checkpoint reader (not our code, not elsewhere)."""
+    if isinstance(exc, RuntimeError) and "PytorchStreamReader" in str(exc):
+        return True
+    frame = exc.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    filename = frame.tb_frame.f_code.co_filename
+    torch_directory = os.path.dirname(os.path.abspath(torch.__file__))
+    return filename.startswith(torch_directory) and os.path.basename(filename) in _TORCH_READERS
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    # The weights-only refusal opens with paragraphs about torch's defaults; the reason is after this marker.
+    marker = "WeightsUnpickler error: "
+    if marker in text:
+        text = text[text.index(marker) + len(marker):]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0] if lines else "no detail"
+    return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
 def _state_dict_of(obj: Any, path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Returns (state_dict, metadata) for the three container formats."""
-    meta = {}  # type: Dict[str, Any]
+    meta: Dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == MERGED_FORMAT:
         if obj.get("format_version") != MERGED_FORMAT_VERSION:
             raise CheckpointError("%s: merged checkpoint version %r is not supported" % (path, obj.get("format_version")))
@@ -118,7 +160,7 @@ def detect_task(state: Dict[str, torch.Tensor], path: str) -> str:
 
 def to_canonical(state: Dict[str, torch.Tensor], task: str) -> Dict[str, torch.Tensor]:
     if task in ("cls", "merged"):
-        mapping = []  # type: List[Tuple[str, str]]
+        mapping: List[Tuple[str, str]] = []
     elif task == "det":
         mapping = [("backbone.body.", ""), ("backbone.fpn.", "detection.fpn."), ("rpn.", "detection.rpn."),
                    ("roi_heads.", "detection.roi_heads.")]
@@ -198,7 +240,7 @@ def first_trunk_difference(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor
     return None
 
 
-class LoadedLadon(object):
+class LoadedLadon:
     """A LadonModel assembled from one or more checkpoint files, with what was learned while loading."""
 
     def __init__(self, model: LadonModel, beta: Optional[float], sources: Dict[str, str],
@@ -254,11 +296,11 @@ def load_ladon(paths: Sequence[str], tasks: Optional[Iterable[str]] = None) -> L
     """Loads one merged file or one file per task into a single LadonModel (eval mode, entropy tables ready)."""
     if not paths:
         raise CheckpointError("no checkpoint given")
-    merged = {}  # type: Dict[str, torch.Tensor]
-    sources = {}  # type: Dict[str, str]
-    arch = None  # type: Optional[str]
-    beta = None  # type: Optional[float]
-    beta_source = None  # type: Optional[str]
+    merged: Dict[str, torch.Tensor] = {}
+    sources: Dict[str, str] = {}
+    arch: Optional[str] = None
+    beta: Optional[float] = None
+    beta_source: Optional[str] = None
     for path in paths:
         state, meta = _state_dict_of(read_checkpoint_file(path), path)
         state = rename_compressai_keys(state)

@@ -20,7 +20,7 @@ from PIL import Image
 LABEL_SETS = {"imagenet": 1000, "coco": 91, "voc": 21}
 
 _LABELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels")
-_label_cache = {}  # type: Dict[str, List[str]]
+_label_cache: Dict[str, List[str]] = {}
 
 ClassScore = collections.namedtuple("ClassScore", ["class_id", "probability", "name"])
 
@@ -114,7 +114,7 @@ def detection_results(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
     if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
         raise ValueError("detection label out of range [0, %d): %d" % (
             len(names), labels.min() if labels.min() < 0 else labels.max()))
-    results = []  # type: List[Dict[str, object]]
+    results: List[Dict[str, object]] = []
     for box, score, label in zip(boxes, scores, labels):
         if score < score_threshold:
             continue
@@ -180,7 +180,7 @@ def mask_pixel_counts(mask: np.ndarray, labels: str = "voc") -> Dict[str, int]:
     if counts.shape[0] > len(names):
         raise ValueError("mask holds class id %d, beyond the %d %s classes" % (
             counts.shape[0] - 1, len(names), labels))
-    result = collections.OrderedDict()  # type: Dict[str, int]
+    result: Dict[str, int] = collections.OrderedDict()
     for class_id in np.nonzero(counts)[0]:
         result[names[class_id]] = int(counts[class_id])
     return result
@@ -188,7 +188,7 @@ def mask_pixel_counts(mask: np.ndarray, labels: str = "voc") -> Dict[str, int]:
 
 def voc_palette() -> List[int]:
     """The PASCAL VOC colour map as a flat 768-entry [r, g, b, ...] list (index 255 is the 'void' colour)."""
-    palette = []  # type: List[int]
+    palette: List[int] = []
     for index in range(256):
         red = green = blue = 0
         code = index

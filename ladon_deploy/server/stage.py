@@ -11,17 +11,22 @@ from ladon_deploy.bundle import TASK_HEADS, TASKS, Bundle
 from ladon_deploy.device import wire
 from ladon_deploy.device.entropy import EntropyCoder
 from ladon_deploy.device.stage import Clock, select_tasks
-from ladon_deploy.engines.registry import open_runner
+from ladon_deploy.engines.registry import open_stage_runner
 from ladon_deploy.errors import LadonError, PayloadError
 from ladon_deploy.server import postprocess
 
 
-class ServerResult(object):
+def _height_width(size: Sequence[int]) -> Dict[str, int]:
+    return {"height": int(size[0]), "width": int(size[1])}
+
+
+class ServerResult:
     def __init__(self, payload: wire.Payload, outputs: Dict[str, Dict[str, np.ndarray]],
-                 timings: Dict[str, float]) -> None:
+                 timings: Dict[str, float], engines: Optional[Dict[str, str]] = None) -> None:
         self.payload = payload
         self.outputs = outputs  # task -> raw head outputs
         self.timings = timings
+        self.engines = engines or {}  # stage -> the engine that ran it
 
     def classification(self, k: int = 5) -> List[postprocess.ClassScore]:
         return postprocess.top_classes(self.outputs["cls"]["probabilities"], k=k)
@@ -37,39 +42,40 @@ class ServerResult(object):
                                              self.payload.resized_size)
 
     def to_json(self, mask_path: Optional[str] = None, top_k: int = 5) -> Dict[str, Any]:
-        document = collections.OrderedDict()  # type: Dict[str, Any]
+        document: Dict[str, Any] = collections.OrderedDict()
         document["bundle_id"] = self.payload.bundle_id
-        document["original_size"] = list(self.payload.original_size)
-        document["resized_size"] = list(self.payload.resized_size)
+        document["original_size"] = _height_width(self.payload.original_size)
+        document["resized_size"] = _height_width(self.payload.resized_size)
         document["tasks"] = list(self.payload.tasks)
         if "cls" in self.outputs:
-            document["classification"] = {"top%d" % top_k: [[c.class_id, c.probability, c.name]
-                                                            for c in self.classification(top_k)]}
+            # Stable keys whatever --top-k is: "k" and "top_k", [class_id, probability, name] most probable first.
+            document["classification"] = {"k": top_k, "top_k": [[c.class_id, c.probability, c.name]
+                                                                for c in self.classification(top_k)]}
         if "det" in self.outputs:
             document["detection"] = [
                 {"box": [round(float(v), 2) for v in d["box"]], "score": round(float(d["score"]), 6),
                  "label": int(d["label"]), "name": d["name"]} for d in self.detections()]
         if "seg" in self.outputs:
             mask = self.mask()
-            segmentation = {"pixel_counts": postprocess.mask_pixel_counts(mask),
-                            "size": [int(mask.shape[0]), int(mask.shape[1])]}  # type: Dict[str, Any]
+            segmentation: Dict[str, Any] = {
+                "pixel_counts": postprocess.mask_pixel_counts(mask),
+                "size": {"height": int(mask.shape[0]), "width": int(mask.shape[1])}}
             if mask_path:
                 postprocess.save_mask_png(mask, mask_path)
                 segmentation["mask_png"] = str(mask_path)
             document["segmentation"] = segmentation
+        if self.engines:
+            document["engines"] = dict(self.engines)
         return document
 
 
-class ServerStage(object):
-    """Payload -> rANS decode -> dequantize -> body (once) -> requested heads."""
+class PayloadDecoder:
+    """Payload bytes -> validated Payload -> entropy tables: the part of the server stage that needs no engine
+    (Triton's ladon_decode step runs it alone)."""
 
-    def __init__(self, bundle: Bundle, engine: str = "onnxruntime", threads: Optional[int] = None,
-                 tasks: Optional[Sequence[str]] = None) -> None:
+    def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
-        self.tasks = select_tasks(bundle, tasks)
         self.coder = EntropyCoder.from_tables(bundle.load_entropy_tables())
-        self.body = open_runner(bundle.path("body"), engine, threads)
-        self.heads = {task: open_runner(bundle.path(TASK_HEADS[task]), engine, threads) for task in self.tasks}
         # The mobile stage never feeds more than input_size pixels a side, so a latent side beyond input_size / 4
         # cannot come from this bundle: refusing it bounds the decoder's time and memory before it starts.
         self.channels = int(bundle.manifest["bottleneck_channels"])
@@ -86,11 +92,34 @@ class ServerStage(object):
                                % (height, width, 4 * self.max_latent_side))
         return payload
 
+
+class ServerStage:
+    """Payload -> rANS decode -> dequantize -> body (once) -> requested heads."""
+
+    def __init__(self, bundle: Bundle, engine: str = "onnxruntime", threads: Optional[int] = None,
+                 tasks: Optional[Sequence[str]] = None, precision: Optional[str] = None) -> None:
+        self.bundle = bundle
+        self.tasks = select_tasks(bundle, tasks)
+        self.decoder = PayloadDecoder(bundle)
+        self.coder = self.decoder.coder
+        self.body = open_stage_runner(bundle, "body", engine, threads, precision)
+        self.heads = {task: open_stage_runner(bundle, TASK_HEADS[task], engine, threads, precision)
+                      for task in self.tasks}
+        # stage -> the engine that runs it ("onnxruntime", "tensorrt fp16", ...), named in every result
+        self.engines: Dict[str, str] = {"body": self.body.engine_label}
+        self.engines.update({TASK_HEADS[task]: head.engine_label for task, head in self.heads.items()})
+
+    def unpack(self, data: bytes) -> wire.Payload:
+        return self.decoder.unpack(data)
+
     def run(self, data: bytes, tasks: Optional[Sequence[str]] = None) -> ServerResult:
         clock = Clock()
         payload = self.unpack(data)
         clock.lap("unframe")
-        wanted = [t for t in (tasks or payload.tasks) if t in TASKS]
+        wanted = list(tasks or payload.tasks)
+        unknown = [t for t in wanted if t not in TASKS]
+        if unknown:
+            raise LadonError("unknown task %s (known: %s)" % (",".join(map(str, unknown)), ",".join(TASKS)))
         missing = [t for t in wanted if t not in self.heads]
         if missing:
             raise LadonError("payload asks for %s but this server runs only %s"
@@ -103,7 +132,7 @@ class ServerStage(object):
         clock.lap("dequantize")
         features = self.body.run({"latent_hat": latent_hat})
         clock.lap("body")
-        outputs = {}  # type: Dict[str, Dict[str, np.ndarray]]
+        outputs: Dict[str, Dict[str, np.ndarray]] = {}
         for task in TASKS:
             if task not in wanted:
                 continue
@@ -113,7 +142,8 @@ class ServerStage(object):
                 feeds["image_size"] = np.asarray(payload.resized_size, dtype=np.int64)
             outputs[task] = head.run(feeds)
             clock.lap("head_" + task)
-        return ServerResult(payload, outputs, clock.timings)
+        used = ["body"] + [TASK_HEADS[task] for task in outputs]
+        return ServerResult(payload, outputs, clock.timings, {stage: self.engines[stage] for stage in used})
 
     def close(self) -> None:
         self.body.close()

@@ -292,3 +292,81 @@ def test_ladon_encoder_at_416_is_2_03_gmac_counting_gdn(tmp_path):
     # thop only sees nn.Conv2d modules and misses GDN's functional conv2d
     assert report.total_macs - gdn == pytest.approx(thop_gmac * 1e9, rel=1e-9)
     assert count_gmac(path, {"x": (1, 3, 224, 224)}).total_gmac == pytest.approx(0.588, abs=0.001)
+
+
+# --- the nine LC baselines, as the bench exports and counts them ---------------------------------------------
+
+def _lc_names():
+    from ladon_deploy.models.baselines import LC_MODELS
+
+    return list(LC_MODELS)
+
+
+def _exported_lc_model(name, tmp_path):
+    """The LC model the bench measures: registry weights (seed 0), exported by export_lc_model at the bench's opset
+    and input size; returns (wrapped module, its example input, onnx path, graph input shape)."""
+    from ladon_deploy.export.baselines import export_lc_model
+    from ladon_deploy.models.baselines import build_lc_model, example_input, wrap_for_export
+
+    model = build_lc_model(name, seed=0)
+    path = str(tmp_path / (name + ".onnx"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = export_lc_model(name, path, verify=False, model=model)
+    assert result["error"] is None, result["error"]
+    return wrap_for_export(name, model), example_input(name), path, tuple(result["input_shape"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _lc_names())
+def test_lc_baseline_matches_fvcore(name, tmp_path):
+    """The claim of the module docstring and the README, on each of the nine LC baselines at the bench's sizes
+    (detectors count 150 proposals, the bench's unknown_dim; fvcore counts one traced run of the same module)."""
+    module, x, path, shape = _exported_lc_model(name, tmp_path)
+    _, fvcore_gmac = _references(module, x)
+    input_shapes = {onnx.load(path, load_external_data=False).graph.input[0].name: shape}
+    by_names = count_gmac(path, input_shapes, unknown_dim=150)
+    by_value = count_gmac(path, input_shapes, unknown_dim=150, folded_bn=module)
+    assert by_names.complete and by_value.complete
+    assert by_value.total_gmac == pytest.approx(fvcore_gmac, rel=1e-6)
+    assert by_names.total_gmac == pytest.approx(fvcore_gmac, rel=1e-6)
+
+
+def _rename_initializers(model):
+    """The same graph with every initializer (and every use of it) renamed to an opaque t<n>."""
+    renames = {t.name: "t%d" % i for i, t in enumerate(model.graph.initializer)}
+    for tensor in model.graph.initializer:
+        tensor.name = renames[tensor.name]
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for value in model.graph.input:
+        if value.name in renames:
+            value.name = renames[value.name]
+    return model
+
+
+def test_folded_batchnorm_found_by_value_whatever_the_tensor_names(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(4, 4, 3, bias=True), torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():  # BatchNorm statistics away from their defaults, as after training
+        for layer in (module[1], module[5]):
+            layer.running_var.uniform_(0.5, 2.0)
+            layer.weight.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 16, 16)
+    _, fvcore_gmac = _references(module, x)
+    model = onnx.load(_export(module, x, tmp_path / "bn.onnx"))
+    opaque = _rename_initializers(onnx.load(str(tmp_path / "bn.onnx")))
+    for graph in (model, opaque):
+        report = count_gmac(graph, {"x": (1, 3, 16, 16)}, folded_bn=module)
+        assert report.total_gmac == pytest.approx(fvcore_gmac, rel=1e-9)
+        assert report.nodes_by_op[FOLDED_BN] == 2  # the 1x1 Conv (bias, no BN) is not taken for one
+    # The name-based "auto" sees nothing once the exporter's names are gone: what the by-value test is for.
+    assert FOLDED_BN not in count_gmac(opaque, {"x": (1, 3, 16, 16)}).macs_by_op
+    with pytest.raises(ValueError, match="folded_bn"):
+        count_gmac(model, {"x": (1, 3, 16, 16)}, folded_bn="yes")

@@ -1,11 +1,12 @@
-"""Fuzzing unpack + decode: a mutated payload must decode to the declared shape or raise a LadonError, never crash,
-hang or raise anything else.
+"""Fuzzing unpack + decode: a mutated payload must decode to the declared shape or raise a PayloadError (as the
+README promises), never crash, hang or raise anything else.
 
 Most mutations break the CRC and stop at unpack; the forged ones carry a recomputed valid CRC, so header checks alone
 must stop them, or they reach the rANS decoder with garbage (which, unguarded, crashes CompressAI's decoder). Both
 backends are fuzzed; the native decoder's results are also checked against CompressAI's on every body that reaches
 it. Torch-free on purpose: the coder runs on synthetic tables, as on an edge device without torch.
 """
+import json
 import os
 import struct
 import subprocess
@@ -17,7 +18,7 @@ import zlib
 import numpy as np
 import pytest
 
-from ladon_deploy.errors import LadonError, PayloadError
+from ladon_deploy.errors import PayloadError
 from ladon_deploy.device import entropy
 from ladon_deploy.device.entropy import EntropyCoder
 from ladon_deploy.device.wire import HEADER_SIZE, Payload, pack, unpack
@@ -160,6 +161,16 @@ def mutate(rng, data, fields, body):
     return "forged", forged(rng, fields, body)
 
 
+def require_native():
+    """Skip without the native coder, except in CI (CI or LADON_REQUIRE_NATIVE set, as .ci/run does): there its
+    absence is a failure (see tests/device/test_entropy.py)."""
+    if entropy.native_available():
+        return
+    if os.environ.get("LADON_REQUIRE_NATIVE") or os.environ.get("CI"):
+        pytest.fail("the native coder ladon_deploy.device._rans is not built, and CI requires it")
+    pytest.skip("the native coder ladon_deploy.device._rans is not built")
+
+
 def _compressai_coder(tables):
     """A coder on CompressAI's extension, or None where compressai is not installed (an edge device)."""
     try:
@@ -169,15 +180,19 @@ def _compressai_coder(tables):
     return EntropyCoder.from_tables(tables, backend="compressai")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", entropy.BACKENDS)
-def test_mutated_payloads_decode_or_raise_ladon_errors(backend):
-    if backend == "native" and not entropy.native_available():
-        pytest.skip("the native coder ladon_deploy.device._rans is not built")
+PER_CASE_SECONDS = 10.0  # one case decodes at most 24x103x103 symbols: milliseconds; beyond this it hangs
+
+
+def fuzz_payloads(backend, progress_path):
+    """The fuzz loop; runs in a child process (see the test). Returns the outcome counts and cross-check figures.
+
+    Before each case its number is written to progress_path and a watchdog armed (faulthandler's, which runs in its
+    own thread, so it also ends a decoder spinning in C): a hang ends the process with the case on record.
+    """
+    import faulthandler
+
     rng = np.random.default_rng(SEED)
     tables = synthetic_tables(rng, CHANNELS)
-    if backend == "compressai" and _compressai_coder(tables) is None:
-        pytest.skip("compressai is not installed")
     coder = EntropyCoder.from_tables(tables, backend=backend)
     # Every body the native decoder reads is read by CompressAI's too: where the native one decodes, CompressAI's
     # must give the same symbols (it reads the same words); where the native one finds the stream runs out,
@@ -191,46 +206,83 @@ def test_mutated_payloads_decode_or_raise_ladon_errors(backend):
     np.testing.assert_array_equal(coder.decompress(unpack(data, BUNDLE).body, SHAPE), coder.dequantize(coder.quantize(y)))
 
     outcomes = {}
+    progress = os.open(progress_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     started = time.perf_counter()
     for case in range(CASES):
         kind, mutated = mutate(rng, data, fields, body)
+        os.pwrite(progress, ("case %6d %-9s\n" % (case, kind)).encode(), 0)
+        faulthandler.dump_traceback_later(PER_CASE_SECONDS, exit=True)
         try:
+            payload = unpack(mutated, expected_bundle_id=BUNDLE, max_symbols=MAX_SYMBOLS)
+        except PayloadError:
+            outcome = "rejected by unpack"
+        else:
             try:
-                payload = unpack(mutated, expected_bundle_id=BUNDLE, max_symbols=MAX_SYMBOLS)
-            except PayloadError:
-                outcome = "rejected by unpack"
+                symbols = coder.decode(payload.body, payload.latent_shape)
+            except PayloadError:  # what the README promises; any other exception fails the test
+                outcome = "rejected by decode"
+                symbols = None
             else:
+                assert symbols.shape == payload.latent_shape and symbols.dtype == np.int32
+                outcome = "decoded" if payload.body == body and payload.latent_shape == SHAPE else "decoded garbage"
+            if cross is not None:
                 try:
-                    symbols = coder.decode(payload.body, payload.latent_shape)
-                except LadonError:
-                    outcome = "rejected by decode"
-                    symbols = None
-                else:
-                    assert symbols.shape == payload.latent_shape and symbols.dtype == np.int32
-                    outcome = "decoded" if payload.body == body and payload.latent_shape == SHAPE else "decoded garbage"
-                if cross is not None:
-                    try:
-                        expected = cross.decode(payload.body, payload.latent_shape)
-                    except LadonError:
-                        expected = None
-                    if symbols is not None:
-                        assert expected is not None and np.array_equal(symbols, expected), "differs from CompressAI"
-                        cross_checked += 1
-                    elif expected is not None:
-                        stricter += 1
-        except Exception as exc:  # anything but a LadonError is a bug: report the reproducible case
-            pytest.fail("case %d (%s, seed %d, %s) raised %r" % (case, kind, SEED, backend, exc))
-        key = (kind, outcome)
+                    expected = cross.decode(payload.body, payload.latent_shape)
+                except PayloadError:
+                    expected = None
+                if symbols is not None:
+                    assert expected is not None and np.array_equal(symbols, expected), "differs from CompressAI"
+                    cross_checked += 1
+                elif expected is not None:
+                    stricter += 1
+        faulthandler.cancel_dump_traceback_later()
+        key = "%s/%s" % (kind, outcome)
         outcomes[key] = outcomes.get(key, 0) + 1
-    elapsed = time.perf_counter() - started
+    os.close(progress)
+    return {"outcomes": outcomes, "cross_checked": cross_checked, "stricter": stricter,
+            "seconds": time.perf_counter() - started, "cross": cross is not None}
 
-    summary = ", ".join("%s/%s: %d" % (kind, outcome, count) for (kind, outcome), count in sorted(outcomes.items()))
+
+FUZZ_CHILD = """
+    import json
+    import sys
+
+    sys.path.insert(0, sys.argv[1])
+    from test_fuzz import fuzz_payloads
+
+    print("RESULT " + json.dumps(fuzz_payloads(sys.argv[2], sys.argv[3])))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", entropy.BACKENDS)
+def test_mutated_payloads_decode_or_raise_payload_errors(backend, tmp_path):
+    """In a child process, so that a crash (CompressAI's decoder has no bounds checks) or a hang is a failure that
+    names the case, and an exception other than PayloadError fails it with its traceback."""
+    if backend == "native":
+        require_native()
+    if backend == "compressai" and _compressai_coder(synthetic_tables(np.random.default_rng(0), 2)) is None:
+        pytest.skip("compressai is not installed")
+    progress = tmp_path / "progress"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(FUZZ_CHILD), os.path.dirname(__file__), backend,
+                             str(progress)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            env=env, timeout=900, cwd=REPO)
+    last_case = progress.read_text().strip() if progress.exists() else "before the first case"
+    assert result.returncode == 0, "fuzz child failed (exit %d) at %s (seed %d, %s): %s" % (
+        result.returncode, last_case, SEED, backend, result.stderr[-3000:])
+    report = json.loads(result.stdout.split("RESULT ", 1)[1])
+    outcomes = report["outcomes"]
+
+    summary = ", ".join("%s: %d" % item for item in sorted(outcomes.items()))
     print("%s: %d cases in %.1f s: %s; %d decodes checked against CompressAI's, %d refused where CompressAI "
-          "decoded its padding" % (backend, CASES, elapsed, summary, cross_checked, stricter))
+          "decoded its padding" % (backend, CASES, report["seconds"], summary, report["cross_checked"],
+                                   report["stricter"]))
 
     def total(kind=None, outcome=None):
-        return sum(count for (k, o), count in outcomes.items()
-                   if (kind is None or k == kind) and (outcome is None or o == outcome))
+        return sum(count for key, count in outcomes.items()
+                   if (kind is None or key.split("/")[0] == kind) and (outcome is None or key.split("/")[1] == outcome))
 
     assert total() == CASES
     # The fuzz must reach the decoder with garbage often, and the checks before it must be doing work too.
@@ -243,10 +295,10 @@ def test_mutated_payloads_decode_or_raise_ladon_errors(backend):
         # Most garbage runs out of stream before the latent is complete: the native decoder refuses it.
         assert total("forged", "decoded garbage") >= 200
         assert total("forged", "rejected by decode") >= 2000
-        if cross is not None:
-            assert cross_checked == total("forged", "decoded") + total("forged", "decoded garbage") + \
+        if report["cross"]:
+            assert report["cross_checked"] == total("forged", "decoded") + total("forged", "decoded garbage") + \
                 total("splice", "decoded")
-            assert stricter >= 1000
+            assert report["stricter"] >= 1000
     for kind in ("flip", "truncate", "extend", "random", "splice"):
         assert total(kind, "rejected by unpack") >= 0.95 * total(kind)
 
@@ -299,8 +351,7 @@ def test_native_decoder_survives_raw_garbage():
     """Random, all-zero and all-ones bodies of many lengths (0 to 200 kB, whole words or not), up to 300 k symbols,
     some with indexes outside the tables, straight into _rans.decode: every call returns or raises ValueError, and
     none reads past the body (it reports what it consumed). In a child process, so a crash reads as a failure."""
-    if not entropy.native_available():
-        pytest.skip("the native coder ladon_deploy.device._rans is not built")
+    require_native()
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(NATIVE_GARBAGE), os.path.dirname(__file__),

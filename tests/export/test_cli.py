@@ -1,4 +1,6 @@
 """ladon-export's command line: the demo run, and one line + exit code 2 for every bad input."""
+import os
+import shutil
 import subprocess
 import sys
 
@@ -93,4 +95,103 @@ def test_console_script_demo_end_to_end(tmp_path):
     assert result.stdout.strip() == str(out)
     for stage in ("build model", "export_encoder", "parity_head_det"):
         assert stage in result.stderr
-    assert all(check["passed"] for check in open_bundle(str(out)).manifest["parity"].values())
+    open_bundle(str(out))  # a whole, verified bundle (the export itself refuses one that fails parity)
+
+
+def test_existing_out_is_refused_before_the_model_is_built(capsys, tmp_path, monkeypatch):
+    import ladon_deploy.models.ladon as ladon_models
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built before the output was checked")
+
+    monkeypatch.setattr(ladon_models, "build_demo_model", never)
+    existing = tmp_path / "bundle"
+    existing.mkdir()
+    code, err = _run(["--demo", "--out", str(existing)], capsys)
+    _assert_one_line_error(code, err, "already exists (pass --force to replace it)")
+    code, err = _run(["--demo", "--out", str(tmp_path / "missing" / "bundle")], capsys)
+    _assert_one_line_error(code, err, "does not exist")
+    code, err = _run(["--demo", "--out", str(tmp_path / "b"), "--timings-json", str(existing)], capsys)
+    _assert_one_line_error(code, err, "is a directory")
+
+
+def test_version_and_defaults_in_help(capsys):
+    from ladon_deploy import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == "ladon-export " + __version__
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in ("(default: resnet50)", "(default: bottleneck)", "(default: 0)", "(default 416)"):
+        assert fragment in text, fragment
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
+
+
+# --- --force: the old bundle stays whole until the new one is in place -----------------------------------------
+
+
+class _EncoderOnlyInputs(object):
+    """The export's probe inputs for the encoder alone: keeps a --force run to a few seconds."""
+
+    def __init__(self, model, height, width, seed):
+        from ladon_deploy.export import pipeline
+
+        self.image = pipeline._seeded_image(height, width, seed)
+
+    def for_stage(self, name):
+        return [self.image]
+
+
+@pytest.fixture
+def quick_demo_export(monkeypatch, demo_model):
+    """`ladon-export --demo` on the session's demo model, exporting (and checking) only its encoder."""
+    from ladon_deploy.export import pipeline, stages
+    from ladon_deploy.models import ladon
+
+    monkeypatch.setattr(ladon, "build_demo_model", lambda *args, **kwargs: demo_model)
+    monkeypatch.setattr(pipeline, "StageInputs", _EncoderOnlyInputs)
+    monkeypatch.setattr(pipeline, "stage_specs", lambda model: stages.stage_specs(model)[:1])
+
+
+def _hidden_siblings(directory):
+    return sorted(name for name in os.listdir(str(directory)) if name.startswith("."))
+
+
+def _fail_rename_into(final, exception):
+    """os.rename that raises `exception` when a staged bundle is renamed onto `final` (the second rename)."""
+    from ladon_deploy import atomic
+
+    real_rename = os.rename
+
+    def rename(source, destination):
+        if os.path.abspath(destination) == os.path.abspath(final) and ".partial-" in os.path.basename(source):
+            raise exception
+        return real_rename(source, destination)
+
+    return atomic.os, "rename", rename
+
+
+@pytest.mark.parametrize("exception, exit_code", [(KeyboardInterrupt(), 130), (OSError(28, "No space left"), 1)])
+def test_force_keeps_the_old_bundle_when_the_second_rename_fails(capsys, tmp_path, monkeypatch, demo_bundle,
+                                                                 quick_demo_export, exception, exit_code):
+    old = tmp_path / "bundle"
+    shutil.copytree(demo_bundle, str(old))
+    before = open_bundle(str(old)).bundle_id
+    monkeypatch.setattr(*_fail_rename_into(old, exception))
+    code, err = _run(["--demo", "--out", str(old), "--force", "--quiet"], capsys)
+    assert code == exit_code, err
+    assert open_bundle(str(old)).bundle_id == before  # opens, every sha256 verified, the same bundle
+    assert _hidden_siblings(tmp_path) == []
+
+
+def test_force_replaces_the_bundle_and_leaves_nothing_aside(capsys, tmp_path, demo_bundle, quick_demo_export):
+    old = tmp_path / "bundle"
+    shutil.copytree(demo_bundle, str(old))
+    (old / "stale-file").write_text("from the old bundle")
+    code, err = _run(["--demo", "--out", str(old), "--force", "--quiet"], capsys)
+    assert code == 0, err
+    assert not (old / "stale-file").exists()
+    assert set(os.listdir(str(old))) == {"manifest.json", "encoder.onnx", "entropy.npz"}
+    assert _hidden_siblings(tmp_path) == []

@@ -222,3 +222,85 @@ def test_resnest269e_checkpoint_from_sc2bench_loads(tmp_path):
     assert loaded.arch == "resnest269e" and loaded.model.num_bottleneck_channels == 32
     assert loaded.filled_keys == []
     _assert_loaded_exactly(loaded.model, model.state_dict(), [])
+
+
+# --- bad files are CheckpointErrors with their reason; bugs stay bugs ---------------------------------------------
+
+
+def _malformed_files(tmp_path):
+    """Seeded truncations, bit flips and noise of a real torchdistill-style file and of a raw pickle."""
+    import argparse
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(3), "b": torch.ones(2, 2)}, "args": argparse.Namespace(a=1)}, buffer)
+    zipped = buffer.getvalue()
+    raw = pickle.dumps({"model": {"a": [1, 2]}, "x": (1.5, "s")}, protocol=2)
+    rng = np.random.default_rng(4)
+    for index in range(160):
+        source = zipped if index % 2 else raw
+        kind = index % 4
+        if kind < 2:
+            data = source[:int(rng.integers(1, len(source)))]
+        elif kind == 2:
+            mutable = bytearray(source)
+            for _ in range(int(rng.integers(1, 5))):
+                mutable[int(rng.integers(0, len(mutable)))] = int(rng.integers(0, 256))
+            data = bytes(mutable)
+        else:
+            data = rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes()
+        path = tmp_path / ("bad%03d.pt" % index)
+        path.write_bytes(data)
+        yield str(path)
+
+
+def test_malformed_files_are_one_line_checkpoint_errors_with_their_reason(tmp_path):
+    from ladon_deploy.models.checkpoint import read_checkpoint_file
+
+    refused = 0
+    for path in _malformed_files(tmp_path):
+        try:
+            read_checkpoint_file(path)
+        except CheckpointError as exc:
+            message = str(exc)
+            assert "\n" not in message and len(message) < 400, message
+            assert "not a readable PyTorch checkpoint (" in message or message.startswith("refusing "), message
+            assert ": " in message.split("(", 1)[-1] or message.startswith("refusing "), "no reason: " + message
+            refused += 1
+    assert refused >= 120
+
+
+def test_a_bug_while_loading_is_not_reported_as_a_bad_checkpoint(sc2bench_files, monkeypatch, capsys):
+    from ladon_deploy.cli_support import run_command
+    from ladon_deploy.export.cli import PROG, main
+    from ladon_deploy.models import checkpoint
+
+    def broken_load(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(checkpoint.torch, "load", broken_load)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        load_ladon([sc2bench_files["cls"]])
+    code = run_command(PROG, main, ["--ckpt", sc2bench_files["cls"], "--out", "unused", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "internal error: RuntimeError" in err, err
+
+    def misused_api(*args, **kwargs):
+        raise TypeError("load() got an unexpected keyword argument 'weights_only'")
+
+    monkeypatch.setattr(checkpoint.torch, "load", misused_api)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        load_ladon([sc2bench_files["cls"]])
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads every file")
+def test_unreadable_file_is_a_checkpoint_error(sc2bench_files, tmp_path):
+    import shutil
+
+    path = tmp_path / "locked.pt"
+    shutil.copy(sc2bench_files["cls"], str(path))
+    path.chmod(0)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*Permission denied"):
+        load_ladon([str(path)])

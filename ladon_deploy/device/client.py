@@ -1,0 +1,231 @@
+"""The device client: one payload -> one KServe v2 inference request to `ladon-serve` -> the server's JSON document.
+
+The request is the KServe v2 binary tensor extension in its leanest form: `Inference-Header-Content-Length: 0`
+says the body is the raw data of the model's single input, so no JSON header travels; the body is the payload
+itself. On the wire above the payload there is only the HTTP head (request line, Host, Content-Length and that
+header): about 120 bytes, reported as `overhead_bytes` (TCP/IP headers are the kernel's and are not counted).
+Triton answers in the same binary form (JSON header, then `result` as one length-prefixed BYTES element); a JSON
+answer is read as well.
+
+With a rate and a round-trip time, what the client sends is paced by ladon_deploy.device.pacing and the upload is
+measured on this clock. Every failure (no server, refused request, refused payload, lost connection, timeout) is a
+ServerError with one line.
+
+Edge subset: Python 3.6-clean, standard library only (no tritonclient, no requests on a Jetson).
+"""
+import http.client
+import json
+import socket
+import struct
+import time
+from typing import Any, Dict, Optional, Tuple
+
+from ladon_deploy.device.pacing import PacedLink
+from ladon_deploy.errors import LadonError
+
+MODEL = "ladon"
+OUTPUT = "result"
+MAX_RESPONSE_BYTES = 64 << 20
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class ServerError(LadonError):
+    """The server could not be reached, refused the request or the payload, or did not answer in time."""
+
+
+def parse_server_url(url: str) -> Tuple[str, int]:
+    """'http://laptop:8000' -> ('laptop', 8000). Only plain HTTP: the link is the device's, TLS is not offered."""
+    text = str(url).strip()
+    if "://" in text:
+        scheme, text = text.split("://", 1)
+        if scheme.lower() != "http":
+            raise ServerError("server URL must be http://HOST:PORT, got %r" % url)
+    text = text.rstrip("/")
+    if not text or "/" in text:
+        raise ServerError("server URL must be http://HOST:PORT (no path), got %r" % url)
+    host, _, port_text = text.rpartition(":")
+    if not host:
+        host, port_text = text, "8000"
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ServerError("server URL %r has no valid port" % url)
+    if not 0 < port < 65536:
+        raise ServerError("server URL %r has no valid port" % url)
+    return host, port
+
+
+def request_head(host: str, port: int, body_length: int, model: str = MODEL) -> bytes:
+    return ("POST /v2/models/%s/infer HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %d\r\n"
+            "Inference-Header-Content-Length: 0\r\n\r\n" % (model, host, port, body_length)).encode("ascii")
+
+
+class Reply(object):
+    """The server's document and what the request cost, measured on the device's clock."""
+
+    def __init__(self, document: Dict[str, Any], payload_bytes: int, overhead_bytes: int, upload_seconds: float,
+                 answer_seconds: float, total_seconds: float) -> None:
+        self.document = document
+        self.payload_bytes = payload_bytes
+        self.overhead_bytes = overhead_bytes
+        self.upload_seconds = upload_seconds  # paced send + the round trip
+        self.answer_seconds = answer_seconds  # last byte sent -> answer read (server queue + compute + download)
+        self.total_seconds = total_seconds
+
+    @property
+    def request_bytes(self) -> int:
+        return self.payload_bytes + self.overhead_bytes
+
+
+def _result_from_binary(header: Dict[str, Any], rest: bytes) -> bytes:
+    offset = 0
+    for output in header.get("outputs", []):
+        size = int(output.get("parameters", {}).get("binary_data_size", 0))
+        if output.get("name") == OUTPUT:
+            element = rest[offset:offset + size]
+            if len(element) < 4:
+                break
+            (length,) = struct.unpack_from("<I", element, 0)
+            return element[4:4 + length]
+        offset += size
+    raise ServerError("server's answer has no %r output" % OUTPUT)
+
+
+def _result_from_json(header: Dict[str, Any]) -> bytes:
+    for output in header.get("outputs", []):
+        if output.get("name") == OUTPUT and output.get("data"):
+            value = output["data"][0]
+            return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    raise ServerError("server's answer has no %r output" % OUTPUT)
+
+
+def parse_answer(status: int, header_length: Optional[str], body: bytes) -> Dict[str, Any]:
+    """An HTTP answer of the inference endpoint -> the `result` document; errors of any layer -> ServerError."""
+    if status != 200:
+        try:
+            message = json.loads(body.decode("utf-8"))["error"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            message = body[:200].decode("utf-8", "replace")
+        raise ServerError("server refused the request (HTTP %d): %s" % (status, str(message).splitlines()[0]
+                                                                       if message else ""))
+    try:
+        if header_length is not None and int(header_length) > 0:
+            split = int(header_length)
+            result = _result_from_binary(json.loads(body[:split].decode("utf-8")), body[split:])
+        else:
+            result = _result_from_json(json.loads(body.decode("utf-8")))
+        document = json.loads(result.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, struct.error) as exc:
+        raise ServerError("server's answer is not a KServe v2 response with a JSON result: %s" % exc)
+    if not isinstance(document, dict):
+        raise ServerError("server's result is not a JSON object")
+    if "error" in document:
+        raise ServerError("server refused the payload: %s" % document["error"])
+    return document
+
+
+class InferenceClient(object):
+    """Sends payloads to `ladon-serve` over one kept-alive HTTP connection (re-opened when the server closed it)."""
+
+    def __init__(self, url: str, link: Optional[PacedLink] = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 model: str = MODEL) -> None:
+        self.url = url
+        self.host, self.port = parse_server_url(url)
+        self.link = link or PacedLink()
+        self.timeout_s = float(timeout_s)
+        self.model = model
+        self._connection = None  # type: Optional[socket.socket]
+
+    def _connect(self) -> socket.socket:
+        try:
+            connection = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+        except socket.timeout:
+            raise ServerError("cannot connect to %s: no answer within %g s" % (self.url, self.timeout_s))
+        except OSError as exc:
+            raise ServerError("cannot connect to %s: %s" % (self.url, exc.strerror or exc))
+        # Paced chunks must leave when the bucket releases them, not when Nagle's algorithm decides.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    def infer(self, payload: bytes) -> Reply:
+        payload = bytes(payload)
+        head = request_head(self.host, self.port, len(payload), self.model)
+        lost = ServerError("connection to %s closed before any answer (server stopped?)" % self.url)
+        reused = self._connection is not None
+        try:
+            return self._exchange(head, payload)
+        except _StaleConnection:
+            if not reused:
+                raise lost
+        try:
+            return self._exchange(head, payload)
+        except _StaleConnection:
+            raise lost
+
+    def _exchange(self, head: bytes, payload: bytes) -> Reply:
+        if self._connection is None:
+            self._connection = self._connect()
+        connection = self._connection
+        started = time.perf_counter()
+        try:
+            self.link.wait_half_rtt()
+            try:
+                self.link.send(connection, head + payload)
+            except (BrokenPipeError, ConnectionResetError):
+                # The server may have refused the request early (413) and closed: its answer is still readable.
+                pass
+            sent = time.perf_counter()
+            response = http.client.HTTPResponse(connection)
+            try:
+                response.begin()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                raise _StaleConnection()
+            length = response.getheader("Content-Length")
+            if length is not None and int(length) > MAX_RESPONSE_BYTES:
+                raise ServerError("server's answer of %s bytes is over the limit of %d" % (length, MAX_RESPONSE_BYTES))
+            body = response.read(MAX_RESPONSE_BYTES + 1)
+            if response.getheader("Connection", "").lower() == "close":
+                self.close()
+            answered = time.perf_counter()
+        except socket.timeout:
+            self.close()
+            raise ServerError("no answer from %s within %g s" % (self.url, self.timeout_s))
+        except (http.client.HTTPException, OSError) as exc:
+            self.close()
+            raise ServerError("connection to %s lost: %s" % (self.url, getattr(exc, "strerror", None) or
+                                                             type(exc).__name__))
+        document = parse_answer(response.status, response.getheader("Inference-Header-Content-Length"), body)
+        self.link.wait_half_rtt()
+        finished = time.perf_counter()
+        return Reply(document, len(payload), len(head), (sent - started) + (finished - answered), answered - sent,
+                     finished - started)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def percentile(values, q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation between ranks, as numpy's default computes it."""
+    ordered = sorted(float(v) for v in values)
+    if not ordered:
+        raise ValueError("percentile of no values")
+    position = (len(ordered) - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class _StaleConnection(Exception):
+    """A kept-alive connection the server had closed: the request is sent again on a new one."""

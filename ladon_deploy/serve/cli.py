@@ -1,0 +1,225 @@
+"""`ladon-serve`: the server half of the split on Triton Inference Server (nvidia-pytriton's tritonserver).
+
+    ladon-serve --bundle B --port 8000 [--engine onnxruntime] [--max-batch 8] [--max-queue-delay-ms 5]
+
+Prints its URLs when ready; Ctrl-C or SIGTERM stops Triton (no tritonserver is left running) and exits 0.
+"""
+import os
+import shutil
+import signal
+import sys
+import sysconfig
+import tempfile
+import threading
+from typing import List, Optional, Sequence
+
+from ladon_deploy.cli_support import OneLineParser, UsageError, run_command
+from ladon_deploy.device.cli import open_bundle_stages
+from ladon_deploy.device.stage import parse_tasks, select_tasks
+from ladon_deploy.engines.registry import ENGINES
+from ladon_deploy.errors import LadonError
+
+PROG = "ladon-serve"
+WORKDIR_PREFIX = "ladon-serve-bundle-"
+OWNER_FILE = "owner.pid"
+HEALTH_PERIOD_S = 1.0
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Serve a Ladon bundle's server half (decode, body, heads) on Triton "
+                                       "Inference Server: model 'ladon', BYTES 'payload' in, JSON 'result' out.")
+    parser.add_argument("--bundle", default=None, help="bundle directory written by ladon-export")
+    parser.add_argument("--model-repository", default=None, metavar="DIR",
+                        help="instead of --bundle: a Triton model repository written by ladon-build --target triton "
+                             "(--backend python here), served by the tritonserver bundled in nvidia-pytriton")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port, KServe v2 (default 8000)")
+    parser.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default: --port + 1)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics port (default: --port + 2)")
+    parser.add_argument("--engine", default="onnxruntime", help="engine: %s" % ", ".join(ENGINES))
+    parser.add_argument("--threads", type=int, default=None, help="engine threads (default: one per core)")
+    parser.add_argument("--tasks", default=None, help="comma-separated subset of cls,det,seg (default: all)")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="largest dynamic batch (default 8; 1 disables batching)")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=5.0,
+                        help="how long Triton may hold a request to fill a batch (default 5)")
+    parser.add_argument("--max-request-bytes", type=int, default=4 << 20,
+                        help="larger HTTP requests are refused before their body is read "
+                             "(default 4194304)")
+    parser.add_argument("--request-timeout-s", type=float, default=120.0,
+                        help="a request still queued in Triton after this long is refused, HTTP 503 "
+                             "(default 120)")
+    parser.add_argument("--idle-timeout-s", type=float, default=30.0,
+                        help="a connection that sends nothing for this long (mid-request or between) is "
+                             "closed (default 30)")
+    return parser
+
+
+def check_serving_stack() -> None:
+    """PyTriton's requirements, checked before anything slow: numpy < 2, the package, its libpython lookup.
+
+    The Python-backend stub that tritonserver starts links against libpython and finds it through LD_LIBRARY_PATH;
+    PyTriton hands tritonserver a copy of this process's environment, so setting it here reaches the stub (this
+    interpreter has its libpython loaded already and needs no re-exec).
+    """
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise LadonError("nvidia-pytriton 0.7 needs numpy < 2, this environment has numpy %s "
+                         "(pip install 'numpy<2')" % numpy.__version__)
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        raise LadonError("ladon-serve needs nvidia-pytriton (pip install 'ladon-deploy[serve]')")
+    libdir = sysconfig.get_config_var("LIBDIR")
+    paths = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if libdir and libdir not in paths:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir] + paths)
+
+
+def _validate(args) -> None:
+    if (args.bundle is None) == (args.model_repository is None):
+        raise UsageError("give one of --bundle B or --model-repository DIR")
+    if args.engine not in ENGINES:
+        raise UsageError("unknown --engine %r (known: %s)" % (args.engine, ", ".join(ENGINES)))
+    for name in ("port", "grpc_port", "metrics_port"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < 65536:
+            raise UsageError("--%s must be a TCP port (1-65535), got %d" % (name.replace("_", "-"), value))
+    if args.max_batch < 1:
+        raise UsageError("--max-batch must be at least 1")
+    if args.max_queue_delay_ms < 0:
+        raise UsageError("--max-queue-delay-ms must not be negative")
+    if args.max_request_bytes < 1024:
+        raise UsageError("--max-request-bytes must be at least 1024")
+    if args.request_timeout_s <= 0 or args.idle_timeout_s <= 0:
+        raise UsageError("--request-timeout-s and --idle-timeout-s must be positive")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+
+
+def _urls(args, grpc_port: int, metrics_port: int) -> List[str]:
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    base = "http://%s:%d" % (shown, args.port)
+    return ["inference (KServe v2, HTTP): %s/v2/models/ladon/infer" % base,
+            "readiness: %s/v2/health/ready" % base,
+            "gRPC (KServe v2): %s:%d" % (shown, grpc_port),
+            "metrics (Prometheus): http://%s:%d/metrics" % (shown, metrics_port)]
+
+
+def remove_stale_workdirs() -> None:
+    """Removes the work directories (batch-capable ONNX copies, PyTriton's tritonserver copy: ~200 MB) of servers
+    that were killed (kill -9, OOM) before they could clean up: those whose owner process no longer exists."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if not name.startswith(WORKDIR_PREFIX) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, OWNER_FILE)) as handle:
+                owner = int(handle.read().strip())
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # not ours to judge: unreadable, another user's, or still being set up
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "r", errors="replace") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1] if lines else "(empty log)"
+
+
+def serve(args, stop: threading.Event) -> int:
+    from ladon_deploy.serve.gate import Gate, free_port
+    from ladon_deploy.serve.server import BatchedServerStage, ServeSettings, start_triton
+
+    check_serving_stack()
+    grpc_port = args.grpc_port or args.port + 1
+    metrics_port = args.metrics_port or args.port + 2
+    bundle = open_bundle_stages(args.bundle, ["entropy", "body"])
+    tasks = select_tasks(bundle, parse_tasks(args.tasks))
+    bundle.verify(["head_" + t for t in tasks])
+    try:
+        gate = Gate((args.host, args.port), ("127.0.0.1", 0), args.max_request_bytes, args.idle_timeout_s,
+                    args.request_timeout_s + 60.0)
+    except OSError as exc:
+        raise LadonError("cannot listen on %s:%d: %s" % (args.host, args.port, exc.strerror or exc))
+    triton = stage = None
+    gate_running = False
+    remove_stale_workdirs()
+    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
+        with open(os.path.join(workdir, OWNER_FILE), "w") as handle:
+            handle.write(str(os.getpid()))
+        try:
+            stage = BatchedServerStage(bundle, engine=args.engine, threads=args.threads, tasks=tasks,
+                                       workdir=os.path.join(workdir, "batched"),
+                                       max_payload_bytes=args.max_request_bytes)
+            triton_port = free_port()
+            log_path = os.path.join(workdir, "tritonserver.log")
+            settings = ServeSettings(args.host, triton_port, grpc_port, metrics_port, args.max_batch,
+                                     args.max_queue_delay_ms, args.request_timeout_s)
+            try:
+                triton = start_triton(stage, settings, os.path.join(workdir, "pytriton"), log_path)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                raise LadonError("Triton did not start (ports %d/%d in use?): %s; last log line: %s"
+                                 % (grpc_port, metrics_port, str(exc).splitlines()[0] if str(exc)
+                                    else type(exc).__name__, _last_line(log_path)))
+            gate.upstream = ("127.0.0.1", triton_port)
+            gate.start()
+            gate_running = True
+            print("%s: serving bundle %s (%s) with %s, max batch %d" % (
+                PROG, bundle.bundle_id, ",".join(tasks), args.engine, args.max_batch))
+            for line in _urls(args, grpc_port, metrics_port):
+                print("  " + line)
+            print("%s: ready (Ctrl-C or SIGTERM stops it)" % PROG, flush=True)
+            while not stop.wait(HEALTH_PERIOD_S):
+                if not triton.is_alive():
+                    raise LadonError("tritonserver stopped unexpectedly")
+        finally:
+            if gate_running:
+                gate.stop()
+            else:
+                gate.server_close()
+            if triton is not None:
+                triton.stop()
+            if stage is not None:
+                stage.close()
+    print("%s: stopped" % PROG, flush=True)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    stop = threading.Event()
+
+    def request_stop(*_signal_and_frame) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if args.model_repository is not None:
+            from ladon_deploy.serve.repository_server import serve_repository
+
+            check_serving_stack()
+            return serve_repository(args.model_repository, args.host, args.port, args.grpc_port or args.port + 1,
+                                    args.metrics_port or args.port + 2, args.max_request_bytes,
+                                    args.request_timeout_s, stop)
+        return serve(args, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def entry_point() -> None:
+    sys.exit(run_command(PROG, main))
+
+
+if __name__ == "__main__":
+    entry_point()
