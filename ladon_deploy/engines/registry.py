@@ -151,10 +151,16 @@ def open_choice(bundle: Bundle, choice: StageChoice, threads: Optional[int] = No
     return runner
 
 
-def open_stage_runner(bundle: Bundle, stage: str, engine: str = "onnxruntime", threads: Optional[int] = None,
-                      precision: Optional[str] = None, target: Optional[str] = None) -> Runner:
-    """The runner of one bundle stage under `engine`; runner.engine_label names what actually runs it."""
+def choose_runnable_stage(bundle: Bundle, stage: str, engine: str = "onnxruntime", precision: Optional[str] = None,
+                          target: Optional[str] = None) -> StageChoice:
+    """choose_stage, after checking that what `engine` needs is installed (one line otherwise); loads nothing."""
     _check_engine(engine)
     if engine == "tensorrt":
         require_tensorrt(target or tensorrt_api.this_target())
-    return open_choice(bundle, choose_stage(bundle, stage, engine, target, precision), threads, precision)
+    return choose_stage(bundle, stage, engine, target, precision)
+
+
+def open_stage_runner(bundle: Bundle, stage: str, engine: str = "onnxruntime", threads: Optional[int] = None,
+                      precision: Optional[str] = None, target: Optional[str] = None) -> Runner:
+    """The runner of one bundle stage under `engine`; runner.engine_label names what actually runs it."""
+    return open_choice(bundle, choose_runnable_stage(bundle, stage, engine, precision, target), threads, precision)

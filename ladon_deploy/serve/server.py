@@ -29,7 +29,8 @@ import numpy as np
 
 from ladon_deploy.bundle import TASK_HEADS, TASKS, Bundle
 from ladon_deploy.device import wire
-from ladon_deploy.engines.registry import open_runner
+from ladon_deploy.engines.base import Runner
+from ladon_deploy.engines.registry import choose_runnable_stage, open_choice, open_runner
 from ladon_deploy.errors import LadonError, PayloadError
 from ladon_deploy.server.stage import ServerResult, ServerStage
 
@@ -70,29 +71,27 @@ class BatchedServerStage:
     def __init__(self, bundle: Bundle, engine: str = "onnxruntime", threads: Optional[int] = None,
                  tasks: Optional[Sequence[str]] = None, workdir: Optional[str] = None,
                  max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
-        self.stage = ServerStage(bundle, engine=engine, threads=threads, tasks=tasks)
         self.max_payload_bytes = int(max_payload_bytes)
         self.batched: Set[str] = set()  # "body" and the tasks whose runners take a batch
-        if not workdir:
-            return
-        os.makedirs(workdir, exist_ok=True)
-        runners = [("body", "body", self.stage.body)] + [(task, TASK_HEADS[task], self.stage.heads[task])
-                                                         for task in BATCHED_HEADS if task in self.stage.heads]
-        for key, stage_name, runner in runners:
-            label = getattr(runner, "engine_label", engine)
-            if label not in BATCHABLE_ENGINES:
-                continue  # a TensorRT plan (or the TensorRT provider's cache) is built for batch 1
+        batchable = {"body": "body"}
+        batchable.update((TASK_HEADS[task], task) for task in BATCHED_HEADS)
+        if workdir:
+            os.makedirs(workdir, exist_ok=True)
+
+        def open_stage(stage_name: str) -> Runner:
+            choice = choose_runnable_stage(bundle, stage_name, engine)
+            # A TensorRT plan (or the TensorRT provider's cache) is built for batch 1; ONNX Runtime sessions open a
+            # batch-capable copy of the stage instead, so the batch-1 session is never loaded.
+            if not workdir or stage_name not in batchable or choice.label not in BATCHABLE_ENGINES:
+                return open_choice(bundle, choice, threads)
             copy = os.path.join(workdir, stage_name + ".batch.onnx")
             write_batch_capable_copy(bundle.path(stage_name), copy)
-            replacement = open_runner(copy, label, threads)
-            replacement.engine_label = label
-            # ServerStage opened a batch-1 session; the batch-capable one replaces it (and the first is released).
-            runner.close()
-            if key == "body":
-                self.stage.body = replacement
-            else:
-                self.stage.heads[key] = replacement
-            self.batched.add(key)
+            runner = open_runner(copy, choice.label, threads)
+            runner.engine_label = choice.label
+            self.batched.add(batchable[stage_name])
+            return runner
+
+        self.stage = ServerStage(bundle, engine=engine, threads=threads, tasks=tasks, open_stage=open_stage)
 
     @property
     def batching(self) -> bool:

@@ -3,7 +3,7 @@
 Not in the edge subset: the server's code may use what Python 3.8 offers; it never imports torch either.
 """
 import collections
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from ladon_deploy.bundle import TASK_HEADS, TASKS, Bundle
 from ladon_deploy.device import wire
 from ladon_deploy.device.entropy import EntropyCoder
 from ladon_deploy.device.stage import Clock, select_tasks
+from ladon_deploy.engines.base import Runner
 from ladon_deploy.engines.registry import open_stage_runner
 from ladon_deploy.errors import LadonError, PayloadError
 from ladon_deploy.server import postprocess
@@ -97,14 +98,19 @@ class ServerStage:
     """Payload -> rANS decode -> dequantize -> body (once) -> requested heads."""
 
     def __init__(self, bundle: Bundle, engine: str = "onnxruntime", threads: Optional[int] = None,
-                 tasks: Optional[Sequence[str]] = None, precision: Optional[str] = None) -> None:
+                 tasks: Optional[Sequence[str]] = None, precision: Optional[str] = None,
+                 open_stage: Optional[Callable[[str], Runner]] = None) -> None:
+        """open_stage: stage name -> its runner, for a caller that opens some stages its own way (ladon-serve opens
+        batch-capable copies); by default every stage goes through engines.registry.open_stage_runner."""
         self.bundle = bundle
         self.tasks = select_tasks(bundle, tasks)
         self.decoder = PayloadDecoder(bundle)
         self.coder = self.decoder.coder
-        self.body = open_stage_runner(bundle, "body", engine, threads, precision)
-        self.heads = {task: open_stage_runner(bundle, TASK_HEADS[task], engine, threads, precision)
-                      for task in self.tasks}
+        if open_stage is None:
+            def open_stage(stage: str) -> Runner:
+                return open_stage_runner(bundle, stage, engine, threads, precision)
+        self.body = open_stage("body")
+        self.heads = {task: open_stage(TASK_HEADS[task]) for task in self.tasks}
         # stage -> the engine that runs it ("onnxruntime", "tensorrt fp16", ...), named in every result
         self.engines: Dict[str, str] = {"body": self.body.engine_label}
         self.engines.update({TASK_HEADS[task]: head.engine_label for task, head in self.heads.items()})
