@@ -14,35 +14,27 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[export,bench,test,serve]"
 
-python36=""
-for candidate in ${PYTHON36:-} "$HOME"/.pyenv/versions/3.6*/bin/python3.6 "$(command -v python3.6 2>/dev/null || true)"; do
-    # pyenv's shim exists even when 3.6 is not selected, so only an interpreter that runs counts.
-    if [ -x "$candidate" ] && "$candidate" -c "import sys; assert sys.version_info[:2] == (3, 6)" 2>/dev/null; then
-        python36="$candidate"
-        break
+# edge_venv MINOR DIR PIP REQUIREMENTS: a venv of the device's pinned stack on the Python 3.MINOR interpreter found
+# first (PYTHON3MINOR, pyenv, PATH); skipped with a warning where none runs or the install fails.
+edge_venv() {
+    local minor="$1" dir="$2" pip_pin="$3" requirements="$4" interpreter="" candidate override="PYTHON3$1"
+    for candidate in ${!override:-} "$HOME"/.pyenv/versions/3."$minor"*/bin/python3."$minor" \
+                     "$(command -v python3."$minor" 2>/dev/null || true)"; do
+        # pyenv's shim exists even when the version is not selected, so only an interpreter that runs counts.
+        if [ -x "$candidate" ] && "$candidate" -c "import sys; assert sys.version_info[:2] == (3, $minor)" 2>/dev/null; then
+            interpreter="$candidate"
+            break
+        fi
+    done
+    if [ -n "$interpreter" ] && [ ! -x "$dir/bin/python" ]; then
+        if ! { "$interpreter" -m venv "$dir" \
+               && "$dir/bin/python" -m pip install --quiet "pip==$pip_pin" \
+               && "$dir/bin/python" -m pip install --quiet -r "$requirements"; }; then
+            echo "setup.sh: could not build the Python 3.$minor edge environment; its tests will be skipped" >&2
+            rm -rf "$dir"
+        fi
     fi
-done
-if [ -n "$python36" ] && [ ! -x .venv36/bin/python ]; then
-    if ! { "$python36" -m venv .venv36 \
-           && .venv36/bin/python -m pip install --quiet "pip==21.3.1" \
-           && .venv36/bin/python -m pip install --quiet -r requirements/jetpack-4.6.txt; }; then
-        echo "setup.sh: could not build the Python 3.6 edge environment; its tests will be skipped" >&2
-        rm -rf .venv36
-    fi
-fi
+}
 
-python38=""
-for candidate in ${PYTHON38:-} "$HOME"/.pyenv/versions/3.8*/bin/python3.8 "$(command -v python3.8 2>/dev/null || true)"; do
-    if [ -x "$candidate" ] && "$candidate" -c "import sys; assert sys.version_info[:2] == (3, 8)" 2>/dev/null; then
-        python38="$candidate"
-        break
-    fi
-done
-if [ -n "$python38" ] && [ ! -x .venv38/bin/python ]; then
-    if ! { "$python38" -m venv .venv38 \
-           && .venv38/bin/python -m pip install --quiet "pip==24.0" \
-           && .venv38/bin/python -m pip install --quiet -r requirements/jetpack-5.1.txt; }; then
-        echo "setup.sh: could not build the Python 3.8 edge environment; its tests will be skipped" >&2
-        rm -rf .venv38
-    fi
-fi
+edge_venv 6 .venv36 21.3.1 requirements/jetpack-4.6.txt
+edge_venv 8 .venv38 24.0 requirements/jetpack-5.1.txt

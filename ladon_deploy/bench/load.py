@@ -13,7 +13,6 @@ With no --server it starts its own servers (ladon_deploy.serve.process: own proc
 With --server only phase 1 runs, against that server (no RSS, no comparison, nothing killed).
 """
 import argparse
-import json
 import os
 import subprocess
 import sys

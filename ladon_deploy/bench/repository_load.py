@@ -4,7 +4,8 @@
            [--tasks cls,seg] [--image-size 30x400] [--shapes 2]
 
 Writes the python variant twice, with dynamic batching (--max-batch N) and with --max-batch 1, serves each in turn,
-and sends the same payloads from N concurrent device clients (ladon_deploy.device.client): every answer is compared
+and sends the same payloads from N concurrent device clients (bench.load's client loop; together they send every
+payload at least once): every answer is compared
 with ServerStage on the same payload (what `ladon-run server --json` prints, timings aside). Prints one table:
 throughput, latency medians and p90, the mean batch the body ran (Triton's statistics: inferences / executions), and
 the throughput ratio against --max-batch 1 measured in the same run. A benchmark, not a test.
@@ -12,16 +13,14 @@ the throughput ratio against --max-batch 1 measured in the same run. A benchmark
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import threading
-import time
 import urllib.request
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ladon_deploy.bench import load
 from ladon_deploy.bundle import open_bundle
-from ladon_deploy.device.client import InferenceClient
+from ladon_deploy.device.client import InferenceClient, percentile
 from ladon_deploy.device.stage import DeviceStage, parse_tasks
 from ladon_deploy.serve.gate import free_port
 from ladon_deploy.serve.repository import RepositoryOptions, write_repository
@@ -61,6 +60,7 @@ def _body_batch(port: int) -> float:
 
 def run_load(repository: str, payloads: List[bytes], expected: List[Dict[str, Any]], clients: int,
              workdir: str) -> Dict[str, Any]:
+    """Serves `repository` and runs bench.load's client loop over it: together the clients send every payload."""
     server = RepositoryServer(repository, workdir, free_port(), free_port(), free_port())
     server.start()
     try:
@@ -68,42 +68,15 @@ def run_load(repository: str, payloads: List[bytes], expected: List[Dict[str, An
         url = "http://127.0.0.1:%d" % server.http_port
         with InferenceClient(url, timeout_s=600) as warm:
             warm.infer(payloads[0])
-        latencies, wrong, errors = [], [], []
-        lock = threading.Lock()
-        queue = list(range(len(payloads)))
-
-        def client_loop() -> None:
-            with InferenceClient(url, timeout_s=600) as client:
-                while True:
-                    with lock:
-                        if not queue:
-                            return
-                        index = queue.pop()
-                    try:
-                        started = time.perf_counter()
-                        document = client.infer(payloads[index]).document
-                        elapsed = time.perf_counter() - started
-                    except Exception as exc:  # counted and reported: a lost request is a result here
-                        errors.append(str(exc))
-                        continue
-                    document = {k: v for k, v in document.items() if k not in ("timings_ms", "server_compute_ms")}
-                    with lock:
-                        latencies.append(elapsed)
-                        if document != expected[index]:
-                            wrong.append(index)
-
-        threads = [threading.Thread(target=client_loop) for _ in range(clients)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - started
-        latencies.sort()
-        return {"answers": len(latencies), "wrong": len(wrong), "errors": len(errors), "wall_s": wall,
-                "throughput": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
-                "p90_ms": 1000 * latencies[int(0.9 * (len(latencies) - 1))],
-                "body_batch": _body_batch(server.http_port), "first_error": errors[0] if errors else None}
+        per_client = -(-len(payloads) // clients)
+        result = load.run_load(url, payloads, expected, clients, per_client, timeout_s=600)
+        latencies = result.latencies
+        return {"answers": result.answered, "wrong": result.wrong, "errors": result.lost + len(result.errors),
+                "wall_s": result.wall, "throughput": result.answered / result.wall,
+                "p50_ms": 1000 * percentile(latencies, 50) if latencies else float("nan"),
+                "p90_ms": 1000 * percentile(latencies, 90) if latencies else float("nan"),
+                "body_batch": _body_batch(server.http_port),
+                "first_error": result.errors[0] if result.errors else None}
     finally:
         server.stop()
 
@@ -124,7 +97,7 @@ def main(argv: Sequence[str] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ladon-repository-load-") as workdir:
         payloads = make_payloads(args.bundle, args.requests, tasks, _size(args.image_size), args.shapes, workdir)
         stage = ServerStage(open_bundle(args.bundle))
-        expected = [json.loads(json.dumps(stage.run(data).to_json())) for data in payloads]
+        expected = [load.results_of(stage.run(data).to_json()) for data in payloads]
         stage.close()
         rows = []
         for max_batch in (1, args.max_batch):

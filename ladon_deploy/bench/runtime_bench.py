@@ -22,10 +22,9 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
 from ladon_deploy.bench.device_bench import make_bench_image
 from ladon_deploy.bench.memory import measure, python_command
+from ladon_deploy.device.client import percentile
 
 MOBILE_ONLY = """
 import sys
@@ -40,10 +39,6 @@ print(len(result.payload))
 """
 
 TORCH_AND_COMPRESSAI = "import torch, compressai; print(torch.__version__)"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def torch_eager_mobile(bundle, image_path: str, threads: Optional[int], repeats: int,

@@ -12,7 +12,7 @@ Module names (and therefore state_dict keys) of LadonModel, the "canonical" layo
     segmentation.classifier.*  segmentation.aux_classifier.* segmentation head (aux is training-only, kept to load)
 """
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
