@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
     "$python_bin" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[export,bench,test,serve]"
+.venv/bin/python -m pip install --quiet -e ".[export,bench,test,serve,eval]"
 
 # edge_venv MINOR DIR PIP REQUIREMENTS: a venv of the device's pinned stack on the Python 3.MINOR interpreter found
 # first (PYTHON3MINOR, pyenv, PATH); skipped with a warning where none runs or the install fails.

@@ -3,8 +3,13 @@
 Every writer of the toolkit (payloads, merged checkpoints, bundles, engines, reports) goes through here. Temporary
 names are unique per call, so concurrent runs writing next to each other never collide.
 
+A rename is atomic for running readers, but after a power cut the kernel may have persisted the rename before the
+data (ext4 and xfs without data=ordered guarantees, or any delayed allocation): the new name then holds an empty or
+partial file. So the data is fsynced before the rename, and the directory holding the name after it.
+
 Edge subset (the device writes payloads and builds engines): Python 3.6-clean, standard library only.
 """
+import errno
 import os
 import shutil
 import uuid
@@ -32,13 +37,39 @@ def check_writable_file(path: str) -> None:
     _parent_of(path)
 
 
+def _fsync(path: str) -> None:
+    """Flushes a file's or a directory's data and metadata to the disk (a directory: the names it holds)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems that cannot sync a directory say so
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_tree(root: str) -> None:
+    for directory, _subdirectories, files in os.walk(root):
+        for name in files:
+            if not os.path.islink(os.path.join(directory, name)):
+                _fsync(os.path.join(directory, name))
+        _fsync(directory)
+
+
 def write_file_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Calls write(temporary_path) next to `path`, then renames the result over `path` in one step."""
+    """Calls write(temporary_path) next to `path`, then renames the result over `path` in one step.
+
+    `path` afterwards holds the old content (or nothing) if write() fails or the process dies, the new content
+    once this returns, also after a power cut. A failed write() leaves no temporary file behind.
+    """
     check_writable_file(path)
     temporary = _sibling(path, "partial")
     try:
         write(temporary)
+        _fsync(temporary)
         os.replace(temporary, path)
+        _fsync(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -68,10 +99,14 @@ def replace_directory(staging: str, final: str) -> None:
     """Moves the assembled `staging` directory to `final`.
 
     An existing `final` stays whole until the new one is in place: it is renamed aside, the new one renamed in, and
-    only then removed; if the second rename fails, the old one is renamed back before the error propagates.
+    only then removed; if the second rename fails, the old one is renamed back before the error propagates. Every
+    file of `staging` is fsynced before the rename, the parent directory after it.
     """
+    _fsync_tree(staging)
+    parent = os.path.dirname(os.path.abspath(final))
     if not os.path.lexists(final):
         os.rename(staging, final)
+        _fsync(parent)
         return
     retired = _sibling(final, "old")
     os.rename(final, retired)
@@ -80,4 +115,5 @@ def replace_directory(staging: str, final: str) -> None:
     except BaseException:
         os.rename(retired, final)
         raise
+    _fsync(parent)
     shutil.rmtree(retired, ignore_errors=True)

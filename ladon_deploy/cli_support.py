@@ -54,6 +54,8 @@ def run_command(prog: str, main: Callable[[Optional[Sequence[str]]], int],
     """
     try:
         return int(main(argv) or EXIT_OK)
+    except SystemExit as exc:  # --help and --version end parsing this way, with nothing more to report
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     except LadonError as exc:
         sys.stderr.write("%s: error: %s\n" % (prog, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         return EXIT_USAGE
@@ -103,3 +105,10 @@ class StepTimer(object):
             lines.append("%-*s  %10.3f" % (width, name, seconds * scale))
         lines.append("%-*s  %10.3f" % (width, "total", sum(s for _, s in self.steps) * scale))
         return "\n".join(lines)
+
+
+def add_version_option(parser: argparse.ArgumentParser) -> None:
+    """`--version`: prints `<command> <toolkit version>` and exits 0, the same for every ladon-* command."""
+    from ladon_deploy import __version__
+
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)

@@ -29,5 +29,10 @@ class ImageError(LadonError):
     """An input image cannot be read or decoded."""
 
 
+class FrameError(ImageError, ValueError):
+    """A numpy frame the device cannot take (not H x W x 3 uint8), or an unknown channel order: a ValueError too,
+    as numpy users expect for an argument of the wrong kind."""
+
+
 class EngineError(LadonError):
     """An engine cannot be built, loaded or run."""

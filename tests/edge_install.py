@@ -78,6 +78,13 @@ def install_edge(destination, python):
     """Copies what the Dockerfile copies into destination/ladon_deploy and compiles the coder with its gcc line
     for `python`; returns the directory to put on PYTHONPATH."""
     destination = str(destination)
+    copy_edge_files(destination)
+    compile_coder(destination, python)
+    return destination
+
+
+def copy_edge_files(destination):
+    """Copies what the Dockerfile copies into destination/ladon_deploy (scripts/aarch64 uses it too)."""
     for source in edge_sources():
         origin = os.path.join(ROOT, PACKAGE, source)
         target = os.path.join(destination, PACKAGE, source)
@@ -87,8 +94,6 @@ def install_edge(destination, python):
         else:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.copy2(origin, target)
-    compile_coder(destination, python)
-    return destination
 
 
 def compile_coder(destination, python):

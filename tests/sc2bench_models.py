@@ -84,3 +84,23 @@ def torchdistill_file(model, path, config_name):
     torch.save({"model": copy.deepcopy(model.state_dict()), "optimizer": None, "best_value": 0.5,
                 "lr_scheduler": None, "args": args}, str(path))
     return path
+
+
+def widen_class_logits(det_model, seed=11):
+    """Seeded box-classifier weights wide enough that boxes clear the 0.05 score threshold: random default-scale
+    logits give none, and boxes compared on nothing prove nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        predictor = det_model.roi_heads.box_predictor
+        predictor.cls_score.weight.copy_(torch.randn(predictor.cls_score.weight.shape, generator=generator) * 0.2)
+        predictor.cls_score.bias.zero_()
+
+
+def save_trio(cls_model, det_model, seg_model, directory):
+    """The three task files in torchdistill format, named as the release names them; their paths as strings."""
+    return [str(torchdistill_file(cls_model, directory / "ilsvrc2012-splittable_resnet50-fp-beta5.12.pt", "cls.yaml")),
+            str(torchdistill_file(det_model, directory / "coco2017-faster_rcnn_splittable_resnet50-fp-beta5.12_fpn.pt",
+                                  "det.yaml")),
+            str(torchdistill_file(seg_model,
+                                  directory / "pascal_voc2012-deeplabv3_splittable_resnet50-fp-beta5.12.pt",
+                                  "seg.yaml"))]

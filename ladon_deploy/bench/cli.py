@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
-from ladon_deploy.cli_support import OneLineParser, UsageError, run_command
+from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, run_command
 
 PROG = "ladon-bench"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -42,7 +42,9 @@ def _measurement_options(parser: OneLineParser, engines_default: str = "cpu") ->
 
 
 def _link_options(parser: OneLineParser) -> None:
-    parser.add_argument("--rates", default="100kbps,37.5kbps", help="comma-separated link rates (bps, kbps, Mbps)")
+    parser.add_argument("--links", "--rates", dest="rates", default="100kbps,37.5kbps",
+                        help="comma-separated links: rates (ideal pipes: 100kbps, 37.5kbps) or link profiles "
+                             "(lora-sf6-bw500, eu868-dr5, ...: `ladon-run link --list`)")
     parser.add_argument("--rtt", default="0", help="round-trip time added to every transfer, e.g. 20ms")
     parser.add_argument("--sizes", default=None,
                         help='JSON file of payload bytes: {"ladon": N, "sc_cls": N, "sc_det": N, "sc_seg": N}')
@@ -57,7 +59,18 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--power", default="auto", help="power source: auto, tegrastats, jtop, ina3221, none")
     parser.add_argument("--cache", default=None, help="where exported LC models are kept (default OUT/models)")
     parser.add_argument("--out", required=True, help="results directory")
+    add_version_option(parser)
     return parser
+
+
+def check_out_directory(path: str) -> str:
+    """An output directory given with --out, refused before any work if a file holds its name; returned absolute."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UsageError("--out %s is an existing file; results go into a directory (give another --out)" % path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError("--out %s: directory %s does not exist" % (path, parent))
+    return os.path.abspath(path)
 
 
 def build_subcommand_parser(command: str) -> OneLineParser:
@@ -122,13 +135,13 @@ def find_images(directory: str) -> List[str]:
 
 
 def parse_rates(text: str) -> List[str]:
-    from ladon_deploy.device import link
+    from ladon_deploy.link.profiles import get_profile
 
     rates = [r.strip() for r in text.split(",") if r.strip()]
     if not rates:
-        raise UsageError("--rates needs at least one rate")
+        raise UsageError("--links needs at least one rate or link profile")
     for rate in rates:
-        link.parse_rate(rate)
+        get_profile(rate)
     return rates
 
 
@@ -280,9 +293,10 @@ def run_report(args: Any) -> int:
     rates = parse_rates(args.rates)
     rtt = link.parse_duration(args.rtt)
     sizes = read_sizes(args.sizes) if args.sizes else None
+    out_dir = check_out_directory(args.out)
     report = combine.combine(args.device, args.server, rates, rtt, sizes, args.server_engine)
     _quiet_warnings()
-    write_report_directory(report, os.path.abspath(args.out))
+    write_report_directory(report, out_dir)
     with open(os.path.join(args.out, "results.md")) as handle:
         print(handle.read())
     return 0
@@ -291,6 +305,7 @@ def run_report(args: Any) -> int:
 def run_models(args: Any) -> int:
     from ladon_deploy.bench import lc_models
 
+    check_out_directory(args.out)
     _quiet_warnings()
     bar = ProgressBar(lc_models.exports_needed(args.out, args.quick))
     try:
@@ -319,7 +334,11 @@ def run_one_machine(args: Any) -> int:
     engines = device_bench.parse_engines(args.engines)
     open_bundle(args.bundle)
     sizes = read_sizes(args.sizes) if args.sizes else None
-    out_dir = os.path.abspath(args.out)
+    out_dir = check_out_directory(args.out)
+    if args.cache:
+        check_out_directory(args.cache)
+    if args.images:
+        find_images(args.images)  # an empty or missing folder is refused before the output directory is made
     os.makedirs(out_dir, exist_ok=True)
     images, repeats, warmup = _images_and_counts(args, os.path.join(out_dir, "images"))
     _quiet_warnings()

@@ -4,7 +4,9 @@ Per device, device engine, rate and configuration, for every image, then the med
 
   LC     device = the sum of its three models; nothing crosses the link; server 0.
   Ladon  device = preprocess + encoder + quantize + frame (device file); coding = rANS encode (device file) + rANS
-         decode (server file); transfer = payload bytes x 8 / rate + rtt; server = unframe + dequantize + body + heads.
+         decode (server file); transfer = time on air of the payload's frames on the link profile + rtt (an ideal pipe,
+         as the paper assumes: payload bytes x 8 / rate); server = unframe + dequantize + body + heads. The wall time
+         the profile's regional duty cycle imposes on the transfer is its own column, not part of end-to-end.
   SC     one single-task model per task (N = the bundle's tasks), each with Ladon's graphs: device N x, coding N x,
          transfer of N payloads, server = N x (unframe + dequantize + body) + each head once.
   end-to-end = device + coding + transfer + server, exactly.
@@ -18,8 +20,9 @@ import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ladon_deploy.bench import device_bench, server_bench
-from ladon_deploy.device import link
 from ladon_deploy.errors import LadonError
+from ladon_deploy.link.plan import duty_cycle_wall, frame_times, implied_region
+from ladon_deploy.link.profiles import get_profile
 
 SERVER_TRUNK_STAGES = ("unframe", "dequantize", "body")
 SERVER_HEAD_STAGES = ("head_cls", "head_det", "head_seg")
@@ -142,9 +145,12 @@ def build_rows(label: str, device: Dict[str, Any], server: Dict[str, Any], serve
         cuda = bool(device["engines"][engine]["cuda"])
         configurations = configuration_terms(device, engine, server_stages, sizes)
         for rate_text in rates:
-            rate = link.parse_rate(rate_text)
+            profile = get_profile(rate_text)
+            region = implied_region(profile, None)
             for config in configurations:
-                transfer = [link.transfer_seconds(b, rate, rtt) * 1e3 if b else 0.0 for b in config["payload_bytes"]]
+                times = [frame_times(profile, region, b) if b else [] for b in config["payload_bytes"]]
+                transfer = [(sum(t) + rtt) * 1e3 if t else 0.0 for t in times]
+                duty_wall = [(duty_cycle_wall(t, region) + rtt) * 1e3 if t else 0.0 for t in times]
                 end_to_end = [d + c + t + s for d, c, t, s in zip(config["device_ms"], config["coding_ms"], transfer,
                                                                   config["server_ms"])]
                 energy = config["energy_j"]
@@ -152,10 +158,10 @@ def build_rows(label: str, device: Dict[str, Any], server: Dict[str, Any], serve
                 device_ms = _median(config["device_ms"])
                 rows.append({
                     "device": label, "device_engine": engine, "cuda": cuda, "server_engine": server_engine,
-                    "rate": rate_text, "rate_bps": rate, "configuration": config["name"], "family": config["family"],
+                    "rate": rate_text, "rate_bps": profile.bit_rate, "configuration": config["name"], "family": config["family"],
                     "payload_bytes": _median(config["payload_bytes"]), "payload_source": config["payload_source"],
                     "device_ms": device_ms, "coding_ms": _median(config["coding_ms"]),
-                    "transfer_ms": _median(transfer), "server_ms": _median(config["server_ms"]),
+                    "transfer_ms": _median(transfer), "duty_cycle_wall_ms": _median(duty_wall), "server_ms": _median(config["server_ms"]),
                     "end_to_end_ms": _median(end_to_end), "local_gmac": config["gmac"],
                     "peak_local_memory_mb": config["peak_memory_mb"], "energy_per_image_j": energy_j,
                     "mean_power_w": None if energy_j is None or device_ms <= 0 else energy_j / (device_ms / 1e3)})

@@ -2,11 +2,13 @@
 
     python -m ladon_deploy.bench.device_process ladon --bundle B --image I [--copies 3]
     python -m ladon_deploy.bench.device_process lc --image I --model a.onnx --model b.onnx --model c.onnx
+    python -m ladon_deploy.bench.device_process mobile -- --bundle B --image I --out x.ldn [ladon-run mobile options]
 
 Every model runs on `--engine` (an engine of engines/registry.py; onnxruntime by default). `ladon` runs the real
 mobile stage (`--copies 3` holds three of them: split computing with one single-task model per
-task). `lc` holds the three LC models of a configuration in ONNX Runtime and runs each once on the image. Nothing
-here imports torch: a device would not.
+task). `lc` holds the three LC models of a configuration in ONNX Runtime and runs each once on the image. `mobile`
+is `ladon-run mobile` itself with torch made unimportable (an import of it fails the run). Nothing here imports
+torch: a device would not.
 """
 import argparse
 import sys
@@ -66,7 +68,28 @@ def run_lc(models: List[str], image: str, threads: Optional[int], engine: str = 
     return 0
 
 
+class _NoTorch(object):
+    """A meta-path finder that makes torch and torchvision unimportable, as on a device that lacks them."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError("torch is not importable in a device process (%s)" % name)
+        return None
+
+
+def run_mobile_cli(argv: Sequence[str]) -> int:
+    """`ladon-run mobile ARGV` in this process, with torch unimportable."""
+    sys.meta_path.insert(0, _NoTorch())
+    from ladon_deploy.cli_support import run_command
+    from ladon_deploy.runtime.cli import PROG, main as run_main
+
+    return run_command(PROG, run_main, ["mobile"] + list(argv))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["mobile"]:
+        return run_mobile_cli(argv[2:] if argv[1:2] == ["--"] else argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["ladon", "lc"])
     parser.add_argument("--bundle")

@@ -17,7 +17,7 @@ COLUMNS = [("device", "device"), ("device_engine", "device engine"), ("server_en
            ("configuration", "configuration"), ("family", "family"), ("rate", "rate"),
            ("payload_bytes", "payload B"), ("device_ms", "device ms"), ("coding_ms", "coding ms"),
            ("transfer_ms", "transfer ms"), ("server_ms", "server ms"), ("end_to_end_ms", "end-to-end ms"),
-           ("local_gmac", "local GMAC"), ("peak_local_memory_mb", "peak local MB"),
+           ("duty_cycle_wall_ms", "duty-cycle wall ms"), ("local_gmac", "local GMAC"), ("peak_local_memory_mb", "peak local MB"),
            ("energy_per_image_j", "energy J/image"), ("mean_power_w", "mean power W")]
 TEXT_COLUMNS = ("device", "device_engine", "server_engine", "configuration", "family", "rate")
 
@@ -145,8 +145,10 @@ def markdown_report(report: Dict[str, Any]) -> str:
         parts.append("**CUDA was not measured on the server either**: its compute is the %s engine's, not the paper's "
                      "GPU laptop's." % report["server_engine"])
     sources = sorted({row["payload_source"] for row in rows if row["payload_source"] != "none"})
-    parts.append("Payload sizes: %s. Transfer = bytes x 8 / rate + %.1f ms rtt; end-to-end = device + coding + "
-                 "transfer + server; each term is the median over images." % (", ".join(sources) or "none",
+    parts.append("Payload sizes: %s. Transfer = the payload's time on air on the link (an ideal pipe: bytes x 8 / "
+                 "rate; a radio profile: its frames with every header) + %.1f ms rtt; end-to-end = device + coding + "
+                 "transfer + server; the duty-cycle wall time (frames waiting out the region's off-time) is its own "
+                 "column; each term is the median over images." % (", ".join(sources) or "none",
                                                                                 report["rtt_s"] * 1e3))
     parts += ["", "## Headline ratios", "",
               "| device | engine | rate | Ladon ms | best LC | LC ms | saving vs LC | best SC | SC ms | saving vs SC |",

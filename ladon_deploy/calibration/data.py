@@ -2,13 +2,18 @@
 
 The same folder, count and seed give the same split on every machine (numpy's RandomState permutation is stable
 across numpy releases), so the ONNX Runtime calibration here and TensorRT's calibrator on a Jetson see the same
-images. The held-out images (those the fidelity report is computed on) are never calibrated on.
+images. The held-out images (those the fidelity report is computed on) are never calibrated on. A file with an
+image's extension that Pillow cannot open (a text file renamed .jpg, an empty or foreign file) is skipped before
+the split, counted, and named in the split's description; a file whose header opens but whose pixels are corrupt
+still stops the run with its one-line ImageError when it is decoded.
 
 Edge subset (the device's TensorRT calibrator reads its batches through here): Python 3.6-clean, numpy and Pillow.
 """
 import os
+import struct
 import sys
 import time
+import zlib
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -49,15 +54,32 @@ def list_images(directory: str) -> List[str]:
     return paths
 
 
+# What Pillow raises for a file it cannot open: its plugins use a mix of exception types.
+_OPEN_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error, zlib.error,
+                Image.DecompressionBombError)
+
+
+def opens_as_image(path: str) -> bool:
+    """Whether Pillow opens the file's header and finds pixels in it (the pixel data is not decoded)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except _OPEN_ERRORS:
+        return False
+    return width > 0 and height > 0
+
+
 class ImageSplit(object):
     """A folder's images split into a seeded calibration subset and held-out images for the fidelity report."""
 
-    def __init__(self, directory: str, calibration: List[str], held_out: List[str], requested: int, seed: int) -> None:
+    def __init__(self, directory: str, calibration: List[str], held_out: List[str], requested: int, seed: int,
+                 skipped: Optional[List[str]] = None) -> None:
         self.directory = directory
         self.calibration = calibration
         self.held_out = held_out
         self.requested = requested
         self.seed = seed
+        self.skipped = list(skipped or [])  # files with an image's extension that Pillow cannot open
 
     @property
     def capped(self) -> bool:
@@ -69,7 +91,15 @@ class ImageSplit(object):
         if self.capped:
             text += "; %d calibration images were asked for, the folder has only %d besides the held-out ones" % (
                 self.requested, len(self.calibration))
+        if self.skipped:
+            text += "; %d unreadable file(s) skipped (Pillow cannot open them): %s" % (
+                len(self.skipped), _name_list(self.skipped))
         return text
+
+
+def _name_list(paths: Sequence[str], shown: int = 5) -> str:
+    names = [os.path.basename(p) for p in paths[:shown]]
+    return ", ".join(names) + (" and %d more" % (len(paths) - shown) if len(paths) > shown else "")
 
 
 def split_images(directory: str, count: int = DEFAULT_COUNT, seed: int = DEFAULT_SEED,
@@ -80,13 +110,18 @@ def split_images(directory: str, count: int = DEFAULT_COUNT, seed: int = DEFAULT
     """
     if count < 1:
         raise LadonError("--calib-count must be at least 1, got %d" % count)
-    paths = list_images(directory)
+    listed = list_images(directory)
+    paths = [path for path in listed if opens_as_image(path)]
+    readable = set(paths)
+    skipped = [path for path in listed if path not in readable]
     if len(paths) < MIN_HELD_OUT + 1:
-        raise ImageError("%s has %d image(s): calibration needs at least %d (%d are held out for the fidelity report)"
-                         % (directory, len(paths), MIN_HELD_OUT + 1, MIN_HELD_OUT))
+        raise ImageError("%s has %d readable image(s)%s: calibration needs at least %d (%d are held out for the "
+                         "fidelity report)" % (directory, len(paths), " (%d unreadable: %s)" % (
+                             len(skipped), _name_list(skipped)) if skipped else "", MIN_HELD_OUT + 1, MIN_HELD_OUT))
     order = [paths[i] for i in np.random.RandomState(seed).permutation(len(paths))]
     kept_out = max(MIN_HELD_OUT, min(held_out, len(paths) - count))
-    return ImageSplit(directory, sorted(order[kept_out:kept_out + count]), sorted(order[:kept_out]), count, seed)
+    return ImageSplit(directory, sorted(order[kept_out:kept_out + count]), sorted(order[:kept_out]), count, seed,
+                      skipped)
 
 
 def preprocess_image(bundle: Bundle, source: Any) -> preprocess.Preprocessed:

@@ -33,6 +33,8 @@ class EncoderBatches(object):
         self.shape = tuple(int(d) for d in shape)
         self.input_name = input_name
         self.split = split_images(images_dir, count, seed)
+        if progress and self.split.skipped:
+            progress("calibration images: %s" % self.split.describe())
         self._images = iterate_images(bundle, self.split.calibration, "calibration batches", progress)
 
     @property

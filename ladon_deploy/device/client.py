@@ -7,6 +7,10 @@ header): about 120 bytes, reported as `overhead_bytes` (TCP/IP headers are the k
 Triton answers in the same binary form (JSON header, then `result` as one length-prefixed BYTES element); a JSON
 answer is read as well.
 
+The segmentation mask is opt-in per request (a PNG costs bytes on the link): `infer(payload, mask=True)` sends a
+small JSON header that sets the request parameter `mask` and asks for the outputs `result` and `mask` (the paletted
+PNG `ladon-run split --mask-out` writes); the payload then travels as one length-prefixed BYTES element.
+
 With a rate and a round-trip time, what the client sends is paced by ladon_deploy.device.pacing and the upload is
 measured on this clock. Every failure (no server, refused request, refused payload, lost connection, timeout) is a
 ServerError with one line.
@@ -24,7 +28,10 @@ from ladon_deploy.device.pacing import PacedLink
 from ladon_deploy.errors import LadonError
 
 MODEL = "ladon"
+INPUT = "payload"
 OUTPUT = "result"
+MASK_OUTPUT = "mask"
+MASK_PARAMETER = "mask"
 MAX_RESPONSE_BYTES = 64 << 20
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -56,17 +63,29 @@ def parse_server_url(url: str) -> Tuple[str, int]:
     return host, port
 
 
-def request_head(host: str, port: int, body_length: int, model: str = MODEL) -> bytes:
+def request_head(host: str, port: int, body_length: int, model: str = MODEL, header_length: int = 0) -> bytes:
     return ("POST /v2/models/%s/infer HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %d\r\n"
-            "Inference-Header-Content-Length: 0\r\n\r\n" % (model, host, port, body_length)).encode("ascii")
+            "Inference-Header-Content-Length: %d\r\n\r\n" % (model, host, port, body_length, header_length)
+            ).encode("ascii")
+
+
+def mask_request_header(payload_length: int) -> bytes:
+    """The JSON header of a request that also asks for the mask: the KServe parameter and both outputs, binary."""
+    header = {"inputs": [{"name": INPUT, "shape": [1, 1], "datatype": "BYTES",
+                          "parameters": {"binary_data_size": 4 + payload_length}}],
+              "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}},
+                          {"name": MASK_OUTPUT, "parameters": {"binary_data": True}}],
+              "parameters": {MASK_PARAMETER: True}}
+    return json.dumps(header, separators=(",", ":")).encode("ascii")
 
 
 class Reply(object):
     """The server's document and what the request cost, measured on the device's clock."""
 
     def __init__(self, document: Dict[str, Any], payload_bytes: int, overhead_bytes: int, upload_seconds: float,
-                 answer_seconds: float, total_seconds: float) -> None:
+                 answer_seconds: float, total_seconds: float, mask_png: Optional[bytes] = None) -> None:
         self.document = document
+        self.mask_png = mask_png  # the segmentation mask as PNG bytes, when the request asked for it
         self.payload_bytes = payload_bytes
         self.overhead_bytes = overhead_bytes
         self.upload_seconds = upload_seconds  # paced send + the round trip
@@ -78,30 +97,29 @@ class Reply(object):
         return self.payload_bytes + self.overhead_bytes
 
 
-def _result_from_binary(header: Dict[str, Any], rest: bytes) -> bytes:
+def _outputs(header: Dict[str, Any], rest: bytes) -> Dict[str, bytes]:
+    """Each output's first BYTES element, from the binary section (length-prefixed) or from the JSON `data`."""
+    found = {}  # type: Dict[str, bytes]
     offset = 0
     for output in header.get("outputs", []):
-        size = int(output.get("parameters", {}).get("binary_data_size", 0))
-        if output.get("name") == OUTPUT:
+        name = output.get("name")
+        parameters = output.get("parameters", {})
+        if "binary_data_size" in parameters:
+            size = int(parameters["binary_data_size"])
             element = rest[offset:offset + size]
-            if len(element) < 4:
-                break
-            (length,) = struct.unpack_from("<I", element, 0)
-            return element[4:4 + length]
-        offset += size
-    raise ServerError("server's answer has no %r output" % OUTPUT)
-
-
-def _result_from_json(header: Dict[str, Any]) -> bytes:
-    for output in header.get("outputs", []):
-        if output.get("name") == OUTPUT and output.get("data"):
+            offset += size
+            if len(element) >= 4:
+                (length,) = struct.unpack_from("<I", element, 0)
+                found[name] = element[4:4 + length]
+        elif output.get("data"):
             value = output["data"][0]
-            return value.encode("utf-8") if isinstance(value, str) else bytes(value)
-    raise ServerError("server's answer has no %r output" % OUTPUT)
+            found[name] = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    return found
 
 
-def parse_answer(status: int, header_length: Optional[str], body: bytes) -> Dict[str, Any]:
-    """An HTTP answer of the inference endpoint -> the `result` document; errors of any layer -> ServerError."""
+def parse_outputs(status: int, header_length: Optional[str], body: bytes) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
+    """An HTTP answer of the inference endpoint -> (the `result` document, every output's bytes); errors of any
+    layer -> ServerError."""
     if status != 200:
         try:
             message = json.loads(body.decode("utf-8"))["error"]
@@ -112,17 +130,24 @@ def parse_answer(status: int, header_length: Optional[str], body: bytes) -> Dict
     try:
         if header_length is not None and int(header_length) > 0:
             split = int(header_length)
-            result = _result_from_binary(json.loads(body[:split].decode("utf-8")), body[split:])
+            outputs = _outputs(json.loads(body[:split].decode("utf-8")), body[split:])
         else:
-            result = _result_from_json(json.loads(body.decode("utf-8")))
-        document = json.loads(result.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, struct.error) as exc:
+            outputs = _outputs(json.loads(body.decode("utf-8")), b"")
+        if OUTPUT not in outputs:
+            raise ServerError("server's answer has no %r output" % OUTPUT)
+        document = json.loads(outputs[OUTPUT].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, struct.error, AttributeError) as exc:
         raise ServerError("server's answer is not a KServe v2 response with a JSON result: %s" % exc)
     if not isinstance(document, dict):
         raise ServerError("server's result is not a JSON object")
     if "error" in document:
         raise ServerError("server refused the payload: %s" % document["error"])
-    return document
+    return document, outputs
+
+
+def parse_answer(status: int, header_length: Optional[str], body: bytes) -> Dict[str, Any]:
+    """An HTTP answer of the inference endpoint -> the `result` document; errors of any layer -> ServerError."""
+    return parse_outputs(status, header_length, body)[0]
 
 
 class InferenceClient(object):
@@ -148,22 +173,29 @@ class InferenceClient(object):
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection
 
-    def infer(self, payload: bytes) -> Reply:
+    def infer(self, payload: bytes, mask: bool = False) -> Reply:
+        """One payload -> the server's answer; mask=True also asks for the segmentation mask (Reply.mask_png)."""
         payload = bytes(payload)
-        head = request_head(self.host, self.port, len(payload), self.model)
+        if mask:
+            header = mask_request_header(len(payload))
+            body = header + struct.pack("<I", len(payload)) + payload
+            head = request_head(self.host, self.port, len(body), self.model, len(header))
+        else:
+            header, body = b"", payload
+            head = request_head(self.host, self.port, len(payload), self.model)
         lost = ServerError("connection to %s closed before any answer (server stopped?)" % self.url)
         reused = self._connection is not None
         try:
-            return self._exchange(head, payload)
+            return self._exchange(head, body, len(payload), mask)
         except _StaleConnection:
             if not reused:
                 raise lost
         try:
-            return self._exchange(head, payload)
+            return self._exchange(head, body, len(payload), mask)
         except _StaleConnection:
             raise lost
 
-    def _exchange(self, head: bytes, payload: bytes) -> Reply:
+    def _exchange(self, head: bytes, body: bytes, payload_length: int, mask: bool) -> Reply:
         if self._connection is None:
             self._connection = self._connect()
         connection = self._connection
@@ -171,7 +203,7 @@ class InferenceClient(object):
         try:
             self.link.wait_half_rtt()
             try:
-                self.link.send(connection, head + payload)
+                self.link.send(connection, head + body)
             except (BrokenPipeError, ConnectionResetError):
                 # The server may have refused the request early (413) and closed: its answer is still readable.
                 pass
@@ -185,7 +217,7 @@ class InferenceClient(object):
             length = response.getheader("Content-Length")
             if length is not None and int(length) > MAX_RESPONSE_BYTES:
                 raise ServerError("server's answer of %s bytes is over the limit of %d" % (length, MAX_RESPONSE_BYTES))
-            body = response.read(MAX_RESPONSE_BYTES + 1)
+            answer = response.read(MAX_RESPONSE_BYTES + 1)
             if response.getheader("Connection", "").lower() == "close":
                 self.close()
             answered = time.perf_counter()
@@ -196,11 +228,19 @@ class InferenceClient(object):
             self.close()
             raise ServerError("connection to %s lost: %s" % (self.url, getattr(exc, "strerror", None) or
                                                              type(exc).__name__))
-        document = parse_answer(response.status, response.getheader("Inference-Header-Content-Length"), body)
+        document, outputs = parse_outputs(response.status, response.getheader("Inference-Header-Content-Length"),
+                                          answer)
+        mask_png = None
+        if mask:
+            mask_png = outputs.get(MASK_OUTPUT)
+            if not mask_png:
+                raise ServerError("server's answer has no segmentation mask (a server without the %r output, or a "
+                                  "payload without the seg task)" % MASK_OUTPUT)
         self.link.wait_half_rtt()
         finished = time.perf_counter()
-        return Reply(document, len(payload), len(head), (sent - started) + (finished - answered), answered - sent,
-                     finished - started)
+        # Everything sent besides the payload (HTTP head, and with a mask the JSON header and length prefix) is overhead.
+        return Reply(document, payload_length, len(head) + len(body) - payload_length,
+                     (sent - started) + (finished - answered), answered - sent, finished - started, mask_png)
 
     def close(self) -> None:
         if self._connection is not None:

@@ -14,7 +14,7 @@ _BITS = ("bps", "bit/s", "b/s", "bit")
 _BYTES = ("Bps", "B/s")
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgG]?)(\S*)\s*$")
 _RATE_EXAMPLES = "examples: 37.5kbps, 100kbps, 1.5Mbps, 9600bps, 125kBps = 1Mbps"
-_DURATION_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+_DURATION_UNITS = {"h": 3600.0, "min": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(\S*)\s*$")
 
 
@@ -52,7 +52,7 @@ def parse_duration(text: str) -> float:
         raise LadonError("duration %r has no unit: write %sms or %ss (s, ms, us)" % (text, match.group(1),
                                                                                      match.group(1)))
     if unit not in _DURATION_UNITS:
-        raise LadonError("cannot parse duration %r: unknown unit %r (use s, ms or us)" % (text, unit))
+        raise LadonError("cannot parse duration %r: unknown unit %r (use h, min, s, ms or us)" % (text, unit))
     return value * _DURATION_UNITS[unit]
 
 

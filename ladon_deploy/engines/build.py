@@ -200,8 +200,8 @@ def build_engines(bundle_dir: str, target: str, precision: str = "fp16", dla_cor
         results = [(_onnxruntime_sidecar(bundle, spec, stage, precision, machine, verdicts[stage],
                                          "target %s runs ONNX Runtime only" % spec.name), None) for stage in stages]
         _commit(bundle, spec, results)
-        progress("target %s: nothing to build; %d sidecars written to %s"
-                 % (spec.name, len(results), bundle.engines_dir(spec.name)))
+        progress("target %s: no TensorRT engine to build (ONNX Runtime runs the %s models); %d sidecars written to %s"
+                 % (spec.name, precision.upper(), len(results), bundle.engines_dir(spec.name)))
         return [document for document, _ in results]
 
     trt = tensorrt_api.import_tensorrt(spec.name)

@@ -18,8 +18,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ladon_deploy import __version__
-from ladon_deploy.cli_support import OneLineParser, UsageError, run_command
+from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, run_command
 from ladon_deploy.engines.targets import TARGETS, get_target
 from ladon_deploy.errors import BundleError, EngineError
 
@@ -32,11 +31,12 @@ DEFAULT_CALIB_COUNT = 512
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Build TensorRT engines of a Ladon bundle for one target, or check "
                                                   "(--check) which stages its TensorRT can import.")
-    parser.add_argument("--version", action="store_true", help="print the toolkit version and exit")
+    add_version_option(parser)
     parser.add_argument("--bundle", default=None, help="bundle directory written by ladon-export")
     parser.add_argument("--target", default=None, help="target: %s, or %s (a model repository)"
                                                          % (", ".join(TARGETS), TRITON_TARGET))
-    parser.add_argument("--precision", default="fp16", choices=PRECISIONS, help="engine precision")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="engine precision (default: fp16 where the target has it, else fp32)")
     parser.add_argument("--dla", type=int, default=None, metavar="N",
                         help="build for DLA core N with GPU fallback (Xavier NX: 0 or 1)")
     parser.add_argument("--workspace-mb", type=int, default=None, metavar="N",
@@ -52,6 +52,12 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--calib-images", default=None, metavar="DIR", help="INT8: calibration images")
     parser.add_argument("--calib-count", type=int, default=DEFAULT_CALIB_COUNT, metavar="N",
                         help="INT8: number of calibration images to use")
+    parser.add_argument("--gate-on", default=None, metavar="EVAL.json",
+                        help="build nothing: judge this target's --precision build by its own ladon-eval result "
+                             "against --gate-reference (FP32); exit 2 if it loses more than --max-accuracy-loss")
+    parser.add_argument("--gate-reference", default=None, metavar="EVAL.json", help="--gate-on: the FP32 result")
+    parser.add_argument("--max-accuracy-loss", type=float, default=0.01, metavar="FRACTION",
+                        help="--gate-on: largest loss of top-1 / mAP / mIoU allowed (0.01 = one point)")
     parser.add_argument("--accept-fidelity", action="store_true",
                         help="INT8: keep an engine that misses the fidelity gate (recorded in its sidecar)")
     triton = parser.add_argument_group("--target triton")
@@ -110,6 +116,18 @@ def _progress(line: str) -> None:
     sys.stderr.flush()
 
 
+def _gate(args) -> int:
+    if args.gate_reference is None:
+        raise UsageError("--gate-on needs --gate-reference FP32.json (ladon-eval's result of the FP32 pipeline)")
+    if args.precision == "fp32":
+        raise UsageError("--gate-on judges an fp16 or int8 build against FP32: give --precision fp16 or int8")
+    # The composer imports the evaluation side only here: engines stay below eval for every other use.
+    from ladon_deploy.eval.gate import gate_build
+
+    print(gate_build(args.gate_on, args.gate_reference, args.max_accuracy_loss, args.precision, args.bundle))
+    return 0
+
+
 def _build(args) -> int:
     target = get_target(args.target)
     if args.bundle is None:
@@ -140,18 +158,23 @@ def _build(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.version:
-        print("%s %s" % (PROG, __version__))
-        return 0
+    known = ", ".join(list(TARGETS) + [TRITON_TARGET])
     if args.target is None:
-        raise UsageError("--target is required (one of: %s)" % ", ".join(TARGETS))
+        raise UsageError("--target is required (one of: %s)" % known)
     if args.target == TRITON_TARGET:
+        args.precision = args.precision or "fp16"  # the --backend tensorrt plans it takes
         return _triton(args)
-    get_target(args.target)
+    if args.target not in TARGETS:
+        raise UsageError("unknown target %r (known: %s)" % (args.target, known))
+    target = get_target(args.target)
+    if args.precision is None:
+        args.precision = "fp16" if "fp16" in target.precisions else "fp32"
     if args.check:
         return _check(args)
     if args.onnx is not None or args.json:
         raise UsageError("--onnx and --json go with --check")
+    if args.gate_on is not None:
+        return _gate(args)
     return _build(args)
 
 

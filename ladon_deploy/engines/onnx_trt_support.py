@@ -1,88 +1,81 @@
 """What the ONNX parser of each TensorRT version imports: the operator tables and the restrictions that matter here.
 
-Source: onnx/onnx-tensorrt, docs/operators.md on the release branches 8.2-GA, 8.4-GA, 8.5-GA, 8.6-GA, 10.0-GA and
-10.1-GA (read with `git show <branch>:docs/operators.md`). An operator counts as supported where its "Supported"
-column is Y (8.2/8.4 mark NonMaxSuppression "Y [EXPERIMENTAL]"). No operator supported on one branch is dropped on
-a later one, so each table is the previous one plus what the next branch added. A TensorRT version without its own
-branch (8.3, 9.x, 10.2 and later, 11.x) is checked against the newest table at or below it: newer parsers only add
-operators, so that errs on the side of ONNX Runtime.
-
-The restrictions below are the ones in those tables' "Restrictions" column (and, where noted, the importer source
-builtin_op_importers.cpp on the same branch) that a static look at a graph can decide.
+Source: onnx/onnx-tensorrt, docs/operators.md on each release branch (8.0-GA, 8.2-GA, 8.4-GA, 8.5-GA, 8.6-GA, 9.0-GA,
+9.1, 9.2, 9.3, 10.0-GA and 10.1-GA: every one the repository has). scripts/extract_onnx_trt_ops.py reads them and
+writes onnx_trt_operators.json next to this module (branch, commit, git blob id, the documented opset, every
+operator's Supported and Restrictions cells); everything below is derived from that file, and a test regenerates it
+from the committed sources. An operator counts as supported where its Supported column is Y (8.0-8.4 mark
+NonMaxSuppression "Y [EXPERIMENTAL]"). No operator supported on one branch is dropped on a later one (a test keeps
+that true), so a TensorRT version without its own branch (8.3, 10.2 and later, 11.x) is checked against the newest
+table at or below it: that errs on the side of ONNX Runtime. The check starts at 8.2 (CHECKED_FROM): TensorRT 8.0
+(plain JetPack 4.6) is outside the targets, and its table states fewer of the restrictions its importer enforces.
 
 Edge subset: Python 3.6-clean, standard library only.
 """
-from typing import Dict, FrozenSet, List, Tuple
+import json
+import os
+from typing import Any, Dict, FrozenSet, List, Tuple
 
 from ladon_deploy.errors import EngineError
 
+TABLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onnx_trt_operators.json")
+CHECKED_FROM = (8, 2)
+
+
+def _load_table() -> Dict[str, Any]:
+    with open(TABLE_FILE) as handle:
+        return json.load(handle)
+
+
+OPERATOR_TABLE = _load_table()
+_ROWS = dict((row["branch"], row) for row in OPERATOR_TABLE["branches"])
+
+
+def _version(row: Dict[str, Any]) -> Tuple[int, int]:
+    major, minor = row["trt"].split(".")
+    return int(major), int(minor)
+
+
 # Branch per table, oldest first: (major, minor) -> branch of onnx/onnx-tensorrt.
-TABLE_BRANCHES = ((8, 2), "8.2-GA"), ((8, 4), "8.4-GA"), ((8, 5), "8.5-GA"), ((8, 6), "8.6-GA"), \
-                 ((10, 0), "10.0-GA"), ((10, 1), "10.1-GA")
+TABLE_BRANCHES = tuple(sorted((_version(row), row["branch"]) for row in OPERATOR_TABLE["branches"]
+                              if _version(row) >= CHECKED_FROM))
 
-# docs/operators.md, 8.2-GA: every operator marked Y.
-_SUPPORTED_8_2 = """
-Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
-Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
-Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor GRU Gather GatherElements GatherND Gemm GlobalAveragePool
-GlobalLpPool GlobalMaxPool Greater GreaterOrEqual HardSigmoid Identity If ImageScaler InstanceNormalization
-IsNaN LRN LSTM LeakyRelu Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool MatMul Max MaxPool Mean Min
-Mul Neg NonMaxSuppression Not Or PRelu Pad ParametricSoftplus Pow QuantizeLinear RNN RandomUniform
-RandomUniformLike Range ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd
-ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence Round ScaledTanh Scan Scatter ScatterElements
-ScatterND Selu Shape Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze
-Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Unsqueeze Upsample Where
-"""
-
-# What each later branch's docs/operators.md marks Y that the previous one did not.
-_ADDED = {
-    "8.4-GA": "HardSwish RandomNormal RandomNormalLike Reciprocal Shrink Xor",
-    "8.5-GA": "GridSample MeanVarianceNormalization Mod NonZero OneHot RoiAlign Trilu",
-    "8.6-GA": "GroupNormalization IsInf LayerNormalization",
-    "10.0-GA": "CastLike Gelu Hardmax Mish",
-    "10.1-GA": "DeformConv",
-}
+SUPPORTED_OPS = dict((branch, frozenset(_ROWS[branch]["supported"]))
+                     for _, branch in TABLE_BRANCHES)  # type: Dict[str, FrozenSet[str]]
 
 # The newest opset each branch's docs/operators.md documents ("supports operators up to Opset 13", "... in the
 # inclusive range of opset 9 to opset 20").
-MAX_OPSET = {"8.2-GA": 13, "8.4-GA": 17, "8.5-GA": 17, "8.6-GA": 17, "10.0-GA": 20, "10.1-GA": 20}
+MAX_OPSET = dict((branch, int(_ROWS[branch]["max_opset"])) for _, branch in TABLE_BRANCHES)
 
-
-def _build_tables() -> Dict[str, FrozenSet[str]]:
-    tables = {}  # type: Dict[str, FrozenSet[str]]
-    current = frozenset(_SUPPORTED_8_2.split())
-    for _, branch in TABLE_BRANCHES:
-        current = current | frozenset(_ADDED.get(branch, "").split())
-        tables[branch] = current
-    return tables
-
-
-SUPPORTED_OPS = _build_tables()
-
-# Restrictions stated per branch (docs/operators.md "Restrictions" column unless noted), as
-# rule name -> the branches whose table states it. check.py implements each rule once.
-RESTRICTION_BRANCHES = {
-    # Conv / ConvTranspose: "Weights `W` must be an initializer" on 8.2-GA and 8.4-GA, gone from 8.5-GA; the Conv
-    # importer (builtin_op_importers.cpp) on those branches also asserts "The bias tensor is required to be an
-    # initializer"; from 8.5-GA a computed W or bias takes the multi-input convolution path.
-    "conv_weights_initializer": ("8.2-GA", "8.4-GA"),
-    # TopK: "`K` input must be an initializer" on 8.2-GA to 8.5-GA; 8.6-GA's importer feeds K as a tensor.
-    "topk_k_initializer": ("8.2-GA", "8.4-GA", "8.5-GA"),
-    # TopK on 10.1-GA: "`sorted` must be 1. `K` input must be less than 3840."
-    "topk_sorted_and_k_limit": ("10.1-GA",),
-    # NonMaxSuppression "Y [EXPERIMENTAL]" on 8.2-GA and 8.4-GA: max_output_boxes_per_class, iou_threshold and
-    # score_threshold must be initializers; the output is padded to a fixed [max_output_boxes_per_class, 3].
-    "nms_experimental": ("8.2-GA", "8.4-GA"),
-    # InstanceNormalization: "Scales `scale` and biases `B` must be initializers" on 8.2-GA to 8.5-GA.
-    "instancenorm_initializers": ("8.2-GA", "8.4-GA", "8.5-GA"),
-    # Range: "Floating point inputs are only supported if `start`, `limit`, and `delta` inputs are initializers"
-    # on 8.2-GA only.
-    "range_float_initializers": ("8.2-GA",),
-    # Pad: "`axes` must be an initializer" from 10.0-GA.
-    "pad_axes_initializer": ("10.0-GA", "10.1-GA"),
-    # Dropout: "`is_traning` must be an initializer and evaluate to False" on 10.1-GA.
-    "dropout_not_training": ("10.1-GA",),
+# Restrictions a static look at a graph can decide, as rule -> (operator, what its Restrictions cell says). A rule
+# applies on the branches whose cell says it; check.py implements each rule once. Where the importer
+# (builtin_op_importers.cpp on the same branch) goes further, check.py says so at the rule: 8.2/8.4's Conv importer
+# also wants the bias as an initializer, and 8.6's TopK importer takes a computed K.
+RESTRICTION_STATEMENTS = {
+    "conv_weights_initializer": ("Conv", "Weights `W` must be an init"),  # 8.2/8.4 spell it "initailizer"
+    "topk_k_initializer": ("TopK", "`K` input must be an initializer"),
+    "topk_sorted_and_k_limit": ("TopK", "`sorted` must be 1"),
+    "instancenorm_initializers": ("InstanceNormalization", "biases `B` must be initializers"),
+    "range_float_initializers": ("Range", "Floating point inputs are only supported if"),
+    "pad_axes_initializer": ("Pad", "`axes` must be an initializer"),
+    "dropout_not_training": ("Dropout", "must be an initializer and evaluate to False"),
 }
+
+
+def _restriction_branches() -> Dict[str, Tuple[str, ...]]:
+    rules = {}  # type: Dict[str, Tuple[str, ...]]
+    for rule, (op, statement) in RESTRICTION_STATEMENTS.items():
+        rules[rule] = tuple(branch for _, branch in TABLE_BRANCHES
+                            if statement in _ROWS[branch]["restrictions"].get(op, ""))
+    # NonMaxSuppression "Y [EXPERIMENTAL]": max_output_boxes_per_class, iou_threshold and score_threshold must be
+    # initializers; the output is padded to a fixed [max_output_boxes_per_class, 3].
+    rules["nms_experimental"] = tuple(branch for _, branch in TABLE_BRANCHES
+                                      if "NonMaxSuppression" in _ROWS[branch]["experimental"])
+    return rules
+
+
+# rule -> the branches whose table states it.
+RESTRICTION_BRANCHES = _restriction_branches()
 
 # Restrictions on every branch: CumSum `axis`, Slice `axes`, Squeeze `axes` must be initializers; so must a Reduce*
 # `axes` input (stated from 10.0-GA; on 8.x reduceTensor in onnx2trt_utils.cpp asserts "Axis input must be an

@@ -39,9 +39,12 @@ def provider_name(provider: ProviderSpec) -> str:
     return provider if isinstance(provider, str) else provider[0]
 
 
-# The TensorRT provider's timing-cache options are asked for only from this ONNX Runtime release on: the older
-# wheels of the Jetson Zoo (1.11 with TensorRT 8.2) predate them, and a provider refuses options it does not know.
+# The TensorRT provider's timing-cache options are asked for only from the ONNX Runtime release that has them: the
+# older wheels of the Jetson Zoo (1.11 with TensorRT 8.2) predate them, and a provider refuses options it does not
+# know. trt_timing_cache_enable came in 1.16 (the cache then lives in the engine cache path), trt_timing_cache_path
+# in 1.17 (api_tables/onnxruntime-ep-options.json, checked by `python -m ladon_deploy.engines.api_check`).
 TIMING_CACHE_OPTIONS_FROM = (1, 16)
+TIMING_CACHE_PATH_FROM = (1, 17)
 
 
 def _release(version: str) -> tuple:
@@ -63,7 +66,9 @@ def tensorrt_provider_options(cache_dir: Optional[str], precision: str = "fp32",
     if cache_dir:
         options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir})
         if _release(onnxruntime_version) >= TIMING_CACHE_OPTIONS_FROM:
-            options.update({"trt_timing_cache_enable": True, "trt_timing_cache_path": cache_dir})
+            options["trt_timing_cache_enable"] = True
+        if _release(onnxruntime_version) >= TIMING_CACHE_PATH_FROM:
+            options["trt_timing_cache_path"] = cache_dir
     return options
 
 
@@ -92,15 +97,19 @@ class OnnxRuntimeRunner(Runner):
     threads: intra-op threads (None lets ONNX Runtime choose: one per core).
     providers: execution providers in order of preference; the default is the CPU provider only, so that results do
     not depend on which onnxruntime wheel happens to be installed.
+    optimize: False turns ONNX Runtime's graph optimizations off.
     """
 
     name = "onnxruntime"
 
     def __init__(self, path: str, threads: Optional[int] = None,
-                 providers: Optional[Sequence[ProviderSpec]] = None) -> None:
+                 providers: Optional[Sequence[ProviderSpec]] = None, optimize: bool = True) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
+        if not optimize:
+            # The graph as written, no fusions: the reference ladon-doctor holds every engine (ORT CPU included) to.
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1

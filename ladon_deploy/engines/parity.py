@@ -6,9 +6,13 @@ each stage is fed what the stage before it produces (the body gets dequantized l
 features). The candidate is any Runner, so the gate is tested here with ONNX Runtime candidates; on a GPU it
 compares the TensorRT engine.
 
-Tolerances (also in the README): fp32 relative L2 <= 1e-4 on every float output; fp16 <= 1e-2 and, for the encoder,
-latent symbols (round(y - median)) agreeing on >= 99.5% of positions; int8 <= 0.2 and >= 99% (its accuracy is judged
-by the INT8 fidelity report); integer outputs must agree exactly.
+Tolerances (each inclusive; docs/fidelity.md lists every gate): fp32 relative L2 <= 1e-4 on every float output;
+fp16 <= 1e-2 and, for the encoder, latent symbols (round(y - median)) agreeing on >= 99.5% of positions; int8 <= 0.2
+and >= 99% (its accuracy is judged by the INT8 fidelity report); integer outputs must agree exactly. head_det is
+compared as detections, not arrays (an fp16 head moves boxes by fractions of a pixel, and then NMS and the score cut
+may keep a different set): the shared matcher (ladon_deploy/compare.py) pairs them one to one, a pair agrees within
+DETECTION_TOLERANCES' box and score tolerances, and the gate asks for a matched fraction and no difference that a
+score cut does not explain.
 
 Edge subset: Python 3.6-clean, numpy only (the Nano runs this gate when it builds its encoder).
 """
@@ -17,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ladon_deploy import compare
 from ladon_deploy.bundle import Bundle
 from ladon_deploy.engines.base import Runner
 from ladon_deploy.errors import EngineError
@@ -28,6 +33,15 @@ TOLERANCES = {
     # engine that is broken rather than quantized (the cpu INT8 demo stages measure 0.04-0.14 relative L2).
     "int8": {"rel_l2": 0.2, "symbol_agreement": 0.99},
 }
+# head_det: a pair agrees within box_px (every coordinate, resized-image pixels) and score; the gate needs at least
+# matched_fraction of each side matched and nothing unexplained. fp32 is the export's own parity tolerance.
+DETECTION_TOLERANCES = {
+    "fp32": {"box_px": 0.5, "score": 1e-3, "matched_fraction": 0.9},
+    "fp16": {"box_px": 2.0, "score": 1e-2, "matched_fraction": 0.9},
+    "int8": {"box_px": 8.0, "score": 0.1, "matched_fraction": 0.5},
+}
+DETECTION_STAGE = "head_det"
+DETECTION_OUTPUTS = ("boxes", "scores", "labels")
 SYMBOL_STAGES = ("encoder",)
 REFERENCE = "onnxruntime CPUExecutionProvider fp32"
 FEATURE_STRIDES = (("feat1", 4), ("feat2", 8), ("feat3", 16), ("feat4", 32))
@@ -36,20 +50,31 @@ FEATURE_STRIDES = (("feat1", 4), ("feat2", 8), ("feat3", 16), ("feat4", 32))
 def tolerance_for(precision: str, stage: str) -> Dict[str, float]:
     if precision not in TOLERANCES:
         raise EngineError("no parity tolerance is defined for precision %s" % precision)
+    if stage == DETECTION_STAGE:
+        return dict(DETECTION_TOLERANCES[precision])
     tolerance = dict(TOLERANCES[precision])
     if stage not in SYMBOL_STAGES:
         tolerance.pop("symbol_agreement", None)
     return tolerance
 
 
-def relative_l2(reference: np.ndarray, candidate: np.ndarray) -> float:
-    reference = np.asarray(reference, dtype=np.float64)
-    candidate = np.asarray(candidate, dtype=np.float64)
-    norm = float(np.linalg.norm(reference))
-    error = float(np.linalg.norm(candidate - reference))
-    if norm == 0.0:
-        return 0.0 if error == 0.0 else float("inf")
-    return error / norm
+def float_output_passes(rel_l2, tolerance):
+    # type: (float, Dict[str, float]) -> bool
+    """The gate of one float output: relative L2 at most the tolerance (equal passes, NaN fails)."""
+    return compare.within(rel_l2, "<=", tolerance["rel_l2"])
+
+
+def symbol_agreement_passes(agreement, tolerance):
+    # type: (float, Dict[str, float]) -> bool
+    """The encoder's symbol gate: agreement at least the tolerance (equal passes)."""
+    return compare.within(agreement, ">=", tolerance["symbol_agreement"])
+
+
+def detection_failures(figures, tolerance):
+    # type: (Dict[str, Any], Dict[str, float]) -> List[str]
+    """The head_det gate on compare.compare_detections' figures: what it misses, one line each (none: passed)."""
+    return compare.failures(figures, [("matched_fraction", ">=", tolerance["matched_fraction"]),
+                                      ("unexplained", "<=", 0)])
 
 
 def latent_symbols(latent: np.ndarray, medians: np.ndarray) -> np.ndarray:
@@ -134,9 +159,25 @@ class ReferenceChain(object):
         self._runners = {}
 
 
+def compare_detection_outputs(reference, candidate, precision, score_cuts=(None, None)):
+    # type: (Dict[str, np.ndarray], Dict[str, np.ndarray], str, Tuple[Optional[float], Optional[int]]) -> Dict[str, Any]
+    """Figures for one head_det probe: the outputs as detections, matched one to one; score_cuts is the head's
+    (score threshold, per-image cap), the cuts that may decide a detection with a near-tied score."""
+    tolerance = tolerance_for(precision, DETECTION_STAGE)
+    missing = [name for name in DETECTION_OUTPUTS if name not in candidate]
+    if missing:
+        return {"failures": ["output %s missing" % missing[0]], "passed": False}
+    figures = compare.compare_detections(
+        [reference[name] for name in DETECTION_OUTPUTS], [candidate[name] for name in DETECTION_OUTPUTS],
+        tolerance["box_px"], tolerance["score"], score_threshold=score_cuts[0], max_detections=score_cuts[1])
+    figures["failures"] = detection_failures(figures, tolerance)
+    figures["passed"] = not figures["failures"]
+    return figures
+
+
 def compare_outputs(stage: str, reference: Dict[str, np.ndarray], candidate: Dict[str, np.ndarray],
                     precision: str, medians: Optional[np.ndarray] = None) -> Dict[str, Any]:
-    """Figures for one probe: per output relative L2 / max abs (float) or agreement (integer), pass or fail."""
+    """Figures for one probe of a dense stage: per output relative L2 / max abs (float) or agreement (integer)."""
     tolerance = tolerance_for(precision, stage)
     figures = collections.OrderedDict()  # type: Dict[str, Any]
     outputs = collections.OrderedDict()  # type: Dict[str, Any]
@@ -151,10 +192,10 @@ def compare_outputs(stage: str, reference: Dict[str, np.ndarray], candidate: Dic
             outputs[name] = {"shape": list(got.shape), "reference_shape": list(expected.shape)}
             continue
         if np.issubdtype(expected.dtype, np.floating):
-            error = relative_l2(expected, got)
+            error = compare.relative_l2(expected, got)
             max_abs = float(np.max(np.abs(got.astype(np.float64) - expected))) if expected.size else 0.0
             outputs[name] = {"rel_l2": error, "max_abs": max_abs}
-            if not error <= tolerance["rel_l2"]:  # NaN fails too
+            if not float_output_passes(error, tolerance):
                 failures.append("%s relative L2 %.3g > %g" % (name, error, tolerance["rel_l2"]))
         else:
             agreement = float(np.mean(got == expected)) if expected.size else 1.0
@@ -166,11 +207,17 @@ def compare_outputs(stage: str, reference: Dict[str, np.ndarray], candidate: Dic
             and np.shape(candidate["latent"]) == reference["latent"].shape:
         agreement = symbol_agreement(reference["latent"], candidate["latent"], medians)
         figures["symbol_agreement"] = agreement
-        if agreement < tolerance["symbol_agreement"]:
+        if not symbol_agreement_passes(agreement, tolerance):
             failures.append("latent symbols agree on %.4f < %g" % (agreement, tolerance["symbol_agreement"]))
     figures["failures"] = failures
     figures["passed"] = not failures
     return figures
+
+
+def _score_cuts(bundle):
+    # type: (Bundle) -> Tuple[Optional[float], Optional[int]]
+    postprocess = bundle.manifest.get("stages", {}).get(DETECTION_STAGE, {}).get("postprocess", {})
+    return postprocess.get("score_threshold"), postprocess.get("max_detections")
 
 
 def check_parity(chain: ReferenceChain, stage: str, candidate: Runner, precision: str) -> Dict[str, Any]:
@@ -178,7 +225,12 @@ def check_parity(chain: ReferenceChain, stage: str, candidate: Runner, precision
     per_size = []
     for size in chain.sizes:
         feeds = chain.inputs(stage, size)
-        figures = compare_outputs(stage, chain.reference(stage, size), candidate.run(feeds), precision, chain.medians)
+        if stage == DETECTION_STAGE:
+            figures = compare_detection_outputs(chain.reference(stage, size), candidate.run(feeds), precision,
+                                                _score_cuts(chain.bundle))
+        else:
+            figures = compare_outputs(stage, chain.reference(stage, size), candidate.run(feeds), precision,
+                                      chain.medians)
         figures["input_size"] = list(size)
         per_size.append(figures)
     result = collections.OrderedDict()  # type: Dict[str, Any]
@@ -186,8 +238,11 @@ def check_parity(chain: ReferenceChain, stage: str, candidate: Runner, precision
     result["seed"] = chain.seed
     result["precision"] = precision
     result["tolerance"] = tolerance_for(precision, stage)
-    errors = [o["rel_l2"] for f in per_size for o in f["outputs"].values() if "rel_l2" in o]
+    errors = [o["rel_l2"] for f in per_size for o in f.get("outputs", {}).values() if "rel_l2" in o]
     result["rel_l2"] = max(errors) if errors else None
+    fractions = [f["matched_fraction"] for f in per_size if "matched_fraction" in f]
+    if fractions:
+        result["matched_fraction"] = min(fractions)
     agreements = [f["symbol_agreement"] for f in per_size if "symbol_agreement" in f]
     if agreements:
         result["symbol_agreement"] = min(agreements)

@@ -96,6 +96,9 @@ def choose_stage(bundle: Bundle, stage: str, engine: str, target: Optional[str] 
     ladon-build recorded an ONNX Runtime verdict. available: this onnxruntime's providers (for the fallback)."""
     _check_engine(engine)
     if engine != "tensorrt":
+        if precision == "fp16" and engine != "onnxruntime-tensorrt":
+            raise EngineError("--precision fp16: engine %s runs the bundle's fp32 ONNX as it is; fp16 runs on "
+                              "onnxruntime-tensorrt or tensorrt (or leave --precision out)" % engine)
         return StageChoice(stage, engine, "asked for")
     if available is None:
         from ladon_deploy.engines.ort_runner import available_providers

@@ -60,9 +60,9 @@ class Target(object):
 
 TARGETS = {
     "jetson-nano": Target(
-        "jetson-nano", "Jetson Nano, JetPack 4.6 (L4T R32.7), TensorRT 8.2, CUDA 10.2, Python 3.6",
+        "jetson-nano", "Jetson Nano, JetPack 4.6.1-4.6.x (L4T R32.7), TensorRT 8.2.1, CUDA 10.2, Python 3.6",
         trt="8.2", trt_supported=("8.2", "8.2"), stages=DEVICE_STAGES, precisions=("fp32", "fp16"),
-        compute_capability="5.3", python="3.6", machine="aarch64", jetpack="4.6",
+        compute_capability="5.3", python="3.6", machine="aarch64", jetpack="4.6.1",
         refusals={"int8": "the Jetson Nano (sm_53) has no INT8 hardware and its TensorRT refuses INT8/Q-DQ networks: "
                           "use --precision fp16"}),
     "xavier-nx": Target(

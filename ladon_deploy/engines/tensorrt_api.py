@@ -13,8 +13,12 @@ guide, docs.nvidia.com/deeplearning/tensorrt/<version>/api/python_api and .../ap
                          context.set_input_shape / get_tensor_shape / set_tensor_address, execute_async_v3(stream_handle);
                          8.5 and 8.6 still have the bindings calls, named tensors are preferred there; 10.x removed
                          bindings and implicit batch (the EXPLICIT_BATCH flag is deprecated and ignored)
-    strong    11.x       named tensors as in 10.x; BuilderFlag.FP16/INT8 and int8_calibrator removed: networks are
-                         strongly typed, the ONNX file's own types decide the precision
+    strong    11.x       named tensors as in 10.x; the precision BuilderFlags (FP16, INT8, ...), the IInt8*Calibrator
+                         classes, int8_calibrator and EXPLICIT_BATCH removed: networks are strongly typed, the ONNX
+                         file's own types decide the precision
+
+Every call below, on every path a generation reaches, is checked against the binding sources of each release
+(API conformance, not execution): `python -m ladon_deploy.engines.api_check`, docs/engines-api.md.
 
 Edge subset: Python 3.6-clean (the Jetson Nano's TensorRT 8.2 bindings exist for Python 3.6 only), numpy and the
 standard library at import time; tensorrt and the CUDA binding are imported only when an engine is built or run.
@@ -29,8 +33,9 @@ from ladon_deploy.errors import EngineError
 
 # What to install where, per target (targets.py names): the refusal when tensorrt or a CUDA binding is missing.
 TENSORRT_INSTALL = {
-    "jetson-nano": "TensorRT 8.2 ships with JetPack 4.6 (L4T R32.7) for the system Python 3.6: "
-                   "`sudo apt-get install python3-libnvinfer` and run with /usr/bin/python3",
+    "jetson-nano": "TensorRT 8.2.1 ships with JetPack 4.6.1-4.6.x (L4T R32.7) for the system Python 3.6 (plain "
+                   "JetPack 4.6, L4T R32.6.1, has 8.0.1: upgrade): `sudo apt-get install python3-libnvinfer` and "
+                   "run with /usr/bin/python3",
     "xavier-nx": "TensorRT 8.5 ships with JetPack 5.1 (L4T R35) for the system Python 3.8: "
                  "`sudo apt-get install python3-libnvinfer` (or use the l4t-tensorrt:r8.5.2 container)",
     "server": "`pip install tensorrt` (10.x for CUDA 12; `pip install tensorrt==8.6.1` for an 8.x server)",
@@ -56,8 +61,9 @@ class Generation(object):
         self.major_minor = parse_version(version)
         major, minor = self.major_minor
         if self.major_minor < (8, 2):
-            raise EngineError("TensorRT %s is older than 8.2, the oldest this toolkit builds for (JetPack 4.6)"
-                              % version)
+            raise EngineError("TensorRT %s is older than 8.2, the oldest this toolkit builds for: on a Jetson Nano "
+                              "upgrade plain JetPack 4.6 (L4T R32.6.1, TensorRT 8.0.1) to JetPack 4.6.1 or later "
+                              "(L4T R32.7, TensorRT 8.2.1)" % version)
         if major > 11:
             raise EngineError("TensorRT %s is newer than this toolkit knows (8.2 to 11.x)" % version)
         # 8.5 and 8.6 have both forms; named tensors are the ones 10.x kept.

@@ -10,16 +10,15 @@ import time
 import warnings
 from typing import Optional, Sequence
 
-from ladon_deploy import __version__
 from ladon_deploy.atomic import check_writable_file, write_text_atomically
-from ladon_deploy.cli_support import OneLineParser, StepTimer, UsageError, run_command
+from ladon_deploy.cli_support import OneLineParser, StepTimer, UsageError, add_version_option, run_command
 
 PROG = "ladon-export"
 
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Split Ladon at the bottleneck and export a verified ONNX bundle.")
-    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    add_version_option(parser)
     source = parser.add_argument_group("model source (one of)")
     source.add_argument("--ckpt", action="append", default=[], metavar="PATH",
                         help="checkpoint file; repeat for one file per task (torchdistill, bare state_dict or merged)")

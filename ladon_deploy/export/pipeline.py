@@ -21,6 +21,7 @@ from ladon_deploy.export import parity
 from ladon_deploy.bundle import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STAGE_FILES,
                                         bundle_id_from_hashes, sha256_of)
 from ladon_deploy.export.stages import StageSpec, stage_specs
+from ladon_deploy.models import ranked_detection
 from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD, INPUT_SIZE, PAD_MULTIPLE, LadonModel
 
 # The newest opset the oldest target reads: onnxruntime 1.10.0 (the last Python 3.6 wheel, JetPack 4.6 on the Nano)
@@ -168,10 +169,11 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
         if failed:
             name = failed[0]
             check = checks[name]
-            raise ExportError("parity check failed for %s: %s (tolerance %s)" % (
+            raise ExportError("parity check failed for %s: %s (tolerance %s)%s" % (
                 name, {k: v for k, v in check.items() if k in ("rel_l2", "max_box_error_px", "max_score_error",
-                                                                "matched_fraction", "missing", "extra",
-                                                                "unexplained")}, check["tolerance"]))
+                                                                "matched_fraction", "missing", "extra", "replaced",
+                                                                "unexplained")}, check["tolerance"],
+                parity.describe_replacement(check)))
 
         entropy_path = os.path.join(staging, STAGE_FILES["entropy"])
         tables = entropy_tables(model)
@@ -229,6 +231,8 @@ def _describe_postprocessing(stages: Dict[str, Dict[str, Any]]) -> None:
             "labels": "COCO category ids (91-entry list, 0 = background)",
             "score_threshold": 0.05, "nms_iou": 0.5, "max_detections": 100, "pooled_fpn_levels": ["1", "2", "3"],
         }
+        # Where the deployed (and parity-checked) head departs from the model as evaluated: only among tied scores.
+        stages["head_det"]["ranking"] = ranked_detection.describe()
     if "head_seg" in stages:
         stages["head_seg"]["postprocess"] = {
             "logits": "21 VOC classes, bilinearly upsampled to the padded input size",

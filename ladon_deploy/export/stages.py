@@ -4,6 +4,7 @@
     body      latent_hat [1,C,h,w]                 -> feat1 [1,256,H/4,W/4] feat2 feat3 feat4 [1,2048,H/32,W/32]
     head_cls  feat4                                -> probabilities [1,1000]
     head_det  feat1..feat4, image_size int64 [2]   -> boxes [N,4] (resized-image pixels), scores [N], labels [N]
+              (ranked: no output depends on the order of tied scores; see models/ranked_detection.py)
     head_seg  feat4                                -> logits [1,21,H,W] at the padded input size (H = 32 * feat4 H)
 """
 import copy
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from ladon_deploy.models.ladon import LadonModel
+from ladon_deploy.models.ranked_detection import ranked_head
 
 FEATURE_NAMES = ["feat1", "feat2", "feat3", "feat4"]
 FEATURE_STRIDES = {"feat1": 4, "feat2": 8, "feat3": 16, "feat4": 32}
@@ -87,9 +89,11 @@ class ClassificationStage(nn.Module):
 
 
 class DetectionStage(nn.Module):
+    """The deployed detection head: the model's weights with every tie order fixed (models/ranked_detection.py)."""
+
     def __init__(self, model: LadonModel) -> None:
         super().__init__()
-        self.head = model.detection
+        self.head = ranked_head(model.detection)
 
     def forward(self, feat1: Tensor, feat2: Tensor, feat3: Tensor, feat4: Tensor,
                 image_size: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

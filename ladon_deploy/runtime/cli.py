@@ -9,19 +9,20 @@ Edge subset (mobile runs on a Jetson): Python 3.6-clean, never imports torch.
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from ladon_deploy import __version__
 from ladon_deploy.atomic import check_writable_file
 from ladon_deploy.bundle import TASK_HEADS, open_bundle
-from ladon_deploy.cli_support import OneLineParser, UsageError, run_command
+from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, run_command
 from ladon_deploy.device import link, preprocess, wire
 from ladon_deploy.device.cli import (image_settings, open_bundle_stages, print_notes, print_results, print_timings,
                                      run_mobile, timings_ms)
 from ladon_deploy.device.stage import DeviceStage, parse_tasks, select_tasks
 from ladon_deploy.engines.registry import ENGINES
 from ladon_deploy.errors import PayloadError
+from ladon_deploy.link.cli import add_link_arguments, run_link
 
 PROG = "ladon-run"
 MAX_PAYLOAD_FILE = 64 << 20
@@ -31,12 +32,17 @@ PRECISIONS = ("fp32", "fp16", "int8")
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Run Ladon split: mobile (image -> payload), server (payload -> "
                                                   "results) or both with a simulated link.")
-    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
-    commands = parser.add_subparsers(dest="command", metavar="{mobile,server,split}")
+    add_version_option(parser)
+    commands = parser.add_subparsers(dest="command", metavar="{mobile,server,split,link}")
     commands.required = True
 
-    def common(sub: OneLineParser) -> None:
-        sub.add_argument("--bundle", required=True, help="bundle directory written by ladon-export")
+    def common(sub: OneLineParser, several_bundles: bool = False) -> None:
+        if several_bundles:
+            sub.add_argument("--bundle", dest="bundles", action="append", required=True,
+                             help="bundle directory written by ladon-export; with --server udp://... and --budget, "
+                                  "repeat it for bundles of one architecture at several betas")
+        else:
+            sub.add_argument("--bundle", required=True, help="bundle directory written by ladon-export")
         sub.add_argument("--tasks", default=None, help="comma-separated subset of cls,det,seg (default: all the "
                                                        "bundle has)")
         sub.add_argument("--threads", type=int, default=None, help="engine threads (default: one per core)")
@@ -56,6 +62,9 @@ def build_parser() -> OneLineParser:
         sub.add_argument("--max-megapixels", type=float, default=preprocess.DEFAULT_MAX_MEGAPIXELS, metavar="MP",
                          help="refuse larger images before decoding them (Pillow's decompression-bomb limit; "
                               "phones take up to 108 MP)")
+        sub.add_argument("--fast-decode", action="store_true",
+                         help="let a JPEG decode at 1/2, 1/4 or 1/8 scale (Pillow's draft mode): less memory and time, "
+                              "but not the evaluated preprocessing (the payload changes)")
 
     def result_options(sub: OneLineParser) -> None:
         sub.add_argument("--mask-out", default=None, metavar="PNG",
@@ -64,22 +73,60 @@ def build_parser() -> OneLineParser:
                          help="number of classes listed for classification, most probable first")
 
     mobile = commands.add_parser("mobile", help="image -> payload file")
-    common(mobile)
+    common(mobile, several_bundles=True)
     image_options(mobile, required=False)
     mobile.add_argument("--out", default=None, metavar="FILE", help="payload file to write (needed without --server)")
     mobile.add_argument("--images", default=None, metavar="DIR",
-                        help="with --server: send every image of a folder in turn and print a summary")
+                        help="with --server: send every image of a folder in turn and print a summary (an image "
+                             "that fails is named on its own line and the folder goes on; exit 2 if any failed)")
     mobile.add_argument("--server", default=None, metavar="URL",
-                        help="send the payload to ladon-serve (http://HOST:PORT) and print its results")
+                        help="send the payload to ladon-serve (http://HOST:PORT) and print its results; "
+                             "udp://HOST:PORT sends it as radio frames to a frame receiver (needs --link)")
     mobile.add_argument("--rate", default=None,
                         help="with --server: pace the upload to this link rate (37.5kbps, 100kbps, 1Mbps)")
     mobile.add_argument("--rtt", default="0", help="with --server: round-trip time the link adds: 20ms, 0.1s, 0")
     mobile.add_argument("--timeout", default="60s", help="with --server: give up on an answer after this long")
+    mobile.add_argument("--mask-out", default=None, metavar="PNG",
+                        help="with --server and --image: ask the server for the segmentation mask too and write it "
+                             "as the paletted PNG `split --mask-out` writes (needs the seg task)")
+
+    frames = mobile.add_argument_group("frame link (--server udp://HOST:PORT)")
+    frames.add_argument("--link", default=None, metavar="PROFILE",
+                        help="link profile whose frames, time on air and rules the payload follows (lora-sf6-bw500, "
+                             "eu868-dr5, ...: ladon-run link --list)")
+    frames.add_argument("--region", default=None,
+                        help="regional rules: eu868[:SUB-BAND], us915 or none (default: what the profile implies)")
+    frames.add_argument("--duty-cycle", choices=("on", "off"), default="on",
+                        help="wait out the region's duty-cycle off-time after each frame")
+    frames.add_argument("--loss", default=None, metavar="Q",
+                        help="drop uplink frames on the way: 0.1 (independent) or ge:P,R[,H,K] (Gilbert-Elliott bursts)")
+    frames.add_argument("--seed", type=int, default=0, help="seed of --loss, so that a run can be repeated")
+    frames.add_argument("--repair", type=float, default=0.1, metavar="RATIO",
+                        help="repair frames sent with the data frames, as a fraction of them (0: retransmission only)")
+    frames.add_argument("--rounds", type=int, default=3,
+                        help="rounds of frames (the first, then retransmissions the server asks for) before giving up")
+    frames.add_argument("--key-file", default=None, metavar="FILE",
+                        help="shared key (>= 16 bytes) that authenticates every frame (HMAC-SHA256, 8-byte tag)")
+    frames.add_argument("--budget", default=None, metavar="T",
+                        help="with several --bundle: per image, send the most accurate bundle whose payload reaches "
+                             "its last frame on air within T (device compute + time on air + duty-cycle waits)")
+    frames.add_argument("--accuracy", action="append", default=None, metavar="EVAL_JSON",
+                        help="ladon-eval result of a bundle (repeat): orders the bundles by accuracy (default: by "
+                             "beta, smallest first)")
 
     server = commands.add_parser("server", help="payload file -> results")
     common(server)
-    server.add_argument("--payload", required=True, metavar="FILE",
+    server.add_argument("--payload", default=None, metavar="FILE",
                         help="payload file written by `ladon-run mobile` for this bundle")
+    server.add_argument("--frames-port", type=int, default=None, metavar="PORT",
+                        help="instead of --payload: receive one payload as radio frames on this UDP port (from "
+                             "`ladon-run mobile --server udp://...`), answer it and exit")
+    server.add_argument("--frames-host", default="127.0.0.1", metavar="HOST",
+                        help="address the frame receiver listens on (0.0.0.0: every interface)")
+    server.add_argument("--key-file", default=None, metavar="FILE",
+                        help="with --frames-port: shared key that authenticates every frame")
+    server.add_argument("--wait", default="10min", metavar="T",
+                        help="with --frames-port: give up when no payload has been answered after this long")
     result_options(server)
 
     split = commands.add_parser("split", help="both halves in one process, link simulated")
@@ -89,6 +136,10 @@ def build_parser() -> OneLineParser:
                        help="link rate with its unit: 100kbps, 37.5kbps, 1Mbps (bits/s) or 125kBps (bytes/s)")
     split.add_argument("--rtt", default="0", help="round-trip time added to the transfer: 20ms, 0.1s, 0")
     result_options(split)
+
+    link_command = commands.add_parser("link", help="what a payload costs on a link profile: frames, time on air, "
+                                                    "duty cycle")
+    add_link_arguments(link_command)
     return parser
 
 
@@ -110,6 +161,8 @@ def check_options(args) -> None:
         if requested is not None and "seg" not in requested:
             raise UsageError("--mask-out needs the seg task, and --tasks %s has none" % args.tasks)
         check_writable_file(args.mask_out)
+        if not args.mask_out.lower().endswith(".png"):
+            raise UsageError("--mask-out writes a PNG file: give a name ending in .png (got %s)" % args.mask_out)
 
 
 def _check_mask_task(args, tasks: Sequence[str]) -> None:
@@ -155,7 +208,59 @@ def _server(args, tasks):
     return ServerStage(bundle, engine=args.engine, threads=args.threads, tasks=tasks, precision=args.precision)
 
 
+def run_server_frames(args) -> int:
+    """One payload received as frames, decoded, answered to the device and printed."""
+    from ladon_deploy.link import transport
+
+    if args.mask_out:
+        raise UsageError("--mask-out does not apply to --frames-port: a radio link carries the result document only")
+    key = transport.read_key_file(args.key_file)
+    wait = link.parse_duration(args.wait)
+    sock = transport.bind_frame_socket(args.frames_host, args.frames_port)  # a taken port fails before any work
+    bundle = open_bundle(args.bundle, verify=False)
+    tasks = select_tasks(bundle, parse_tasks(args.tasks))
+    stage = _server(args, tasks)
+    answered = []  # type: List[Dict[str, Any]]
+
+    def handle(payload: bytes) -> Dict[str, Any]:
+        result = stage.run(payload, tasks if args.tasks else None)
+        document = result.to_json(None, args.top_k)
+        document["timings_ms"] = timings_ms(result.timings)
+        answered.append(document)
+        return document
+
+    refused = []  # type: List[str]
+    receiver = transport.FrameReceiver(handle, key=key, log=refused.append)
+    if not args.json:
+        print("receiving frames on udp://%s:%d for bundle %s" % (args.frames_host, sock.getsockname()[1],
+                                                                 bundle.bundle_id[:8]))
+        sys.stdout.flush()
+    stop = threading.Event()
+    timer = threading.Timer(wait, stop.set)
+    timer.daemon = True
+    timer.start()
+    try:
+        receiver.serve(sock, stop, max_payloads=1)
+    finally:
+        timer.cancel()
+        sock.close()
+    if not answered:
+        raise PayloadError(refused[-1] if refused else "no payload arrived on udp port %d within %s" % (
+            args.frames_port, args.wait))
+    document = answered[-1]
+    if args.json:
+        print(json.dumps(document))
+    else:
+        print_results(document)
+        print_timings({name: value / 1e3 for name, value in document["timings_ms"].items()})
+    return 0
+
+
 def run_server(args) -> int:
+    if (args.payload is None) == (args.frames_port is None):
+        raise UsageError("ladon-run server needs one of --payload FILE or --frames-port PORT")
+    if args.frames_port is not None:
+        return run_server_frames(args)
     bundle = open_bundle(args.bundle, verify=False)
     tasks = select_tasks(bundle, parse_tasks(args.tasks))
     data = _read_payload(args.payload)
@@ -213,6 +318,11 @@ def run_split(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "mobile":
+        args.bundle = args.bundles[0]
+    if args.command == "link":
+        run_link(args)
+        return 0
     check_options(args)
     return {"mobile": run_mobile, "server": run_server, "split": run_split}[args.command](args)
 

@@ -2,8 +2,12 @@
 
     ladon-serve --bundle B --port 8000 [--engine onnxruntime] [--max-batch 8] [--max-queue-delay-ms 5]
 
-Prints its URLs when ready; Ctrl-C or SIGTERM stops Triton (no tritonserver is left running) and exits 0.
+Every port is checked before Triton starts and start-up is watched, so a taken port is one line and exit 2 within
+seconds (ladon_deploy/serve/listeners.py). Prints its URLs when ready; Ctrl-C or SIGTERM, also during start-up,
+stops Triton (no tritonserver is left running) and exits 0.
 """
+import logging
+import warnings
 import os
 import shutil
 import signal
@@ -13,16 +17,18 @@ import tempfile
 import threading
 from typing import List, Optional, Sequence
 
-from ladon_deploy.cli_support import OneLineParser, UsageError, run_command
+from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, run_command
 from ladon_deploy.device.cli import open_bundle_stages
 from ladon_deploy.device.stage import parse_tasks, select_tasks
 from ladon_deploy.engines.registry import ENGINES
 from ladon_deploy.errors import LadonError
+from ladon_deploy.serve import listeners
 
 PROG = "ladon-serve"
 WORKDIR_PREFIX = "ladon-serve-bundle-"
 OWNER_FILE = "owner.pid"
 HEALTH_PERIOD_S = 1.0
+STARTUP_TIMEOUT_S = 600.0
 
 
 def build_parser() -> OneLineParser:
@@ -53,7 +59,86 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--idle-timeout-s", type=float, default=30.0,
                         help="a connection that sends nothing for this long (mid-request or between) is "
                              "closed (default 30)")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="require 'Authorization: Bearer <token>' on every HTTP request but the health checks "
+                             "(401 without it), the token being this file's content; gRPC and metrics then listen "
+                             "on 127.0.0.1 only. TLS: put a reverse proxy in front (see docs/serve.md)")
+    add_version_option(parser)
     return parser
+
+
+def read_token(path: Optional[str]) -> Optional[bytes]:
+    """The shared token of --token-file (surrounding whitespace dropped), or None without one."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            token = handle.read(4096).strip()
+    except OSError as exc:
+        raise UsageError("cannot read --token-file %s: %s" % (path, exc.strerror or exc))
+    if len(token) < 16:
+        raise UsageError("--token-file %s holds %d bytes of token; use at least 16 (e.g. "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))')" % (path, len(token)))
+    if any(byte < 33 or byte > 126 for byte in token):
+        raise UsageError("--token-file %s: a token is printable ASCII without spaces (one line)" % path)
+    return token
+
+
+def quiet_pytriton() -> None:
+    """PyTriton's own log lines ("Triton Inference Server exited with failure. Please wait.") and warnings (a
+    workspace it could not clean after a failed start: ladon-serve's work directory removes it) repeat what
+    ladon-serve reports in one line; they would reach stderr through logging's last-resort handler."""
+    logging.getLogger("pytriton").addHandler(logging.NullHandler())
+    warnings.filterwarnings("ignore", module="pytriton")
+
+
+class PyTritonWatch:
+    """Starts PyTriton 0.7.0's tritonserver and watches it come up (the package is pinned to that release).
+
+    PyTriton's own start (Triton.run) waits up to 120 s for a tritonserver that has already exited, holding the lock
+    its stop() needs, so neither SIGTERM nor a failure could end it. So, called back by start_triton before it
+    binds the model, this makes PyTriton's private tritonserver handle (`_initialize_server`), stops it echoing
+    tritonserver's stdout and stderr to ours (on a CPU machine "Error: Failed to initialize NVML", gRPC's raw bind
+    errors: everything stays readable through logs()), starts it (`_run_server`, in this thread: PyTriton sets
+    PR_SET_PDEATHSIG, so tritonserver gets SIGTERM when the thread that started it ends) and waits for its HTTP
+    endpoint with listeners.wait_until_ready. Triton.run() then finds it ready and only loads the model.
+    """
+
+    def __init__(self, log_path: str, http_port: int, stop: threading.Event, ports_hint: str) -> None:
+        self.log_path = log_path
+        self.http_port = http_port
+        self.stop = stop
+        self.ports_hint = ports_hint
+        self.server = None
+        self.exit_codes: List[int] = []
+
+    def created(self, triton) -> None:
+        triton._initialize_server()
+        self.server = triton._triton_server
+        self.server._verbose = False
+        self.server.register_on_exit(lambda _success, code: self.exit_codes.append(code))
+        try:
+            triton._run_server()
+            listeners.wait_until_ready(lambda: listeners.http_ready(self.http_port), self.alive, self.output,
+                                       self.stop, STARTUP_TIMEOUT_S, self.ports_hint)
+        except BaseException:
+            triton.stop()  # here, not in the atexit hook PyTriton registered, which runs too late to clean up
+            raise
+
+    def alive(self) -> Optional[bool]:
+        return False if self.exit_codes else None
+
+    def output(self) -> str:
+        echoed = self.server.logs() if self.server is not None else ""
+        try:
+            with open(self.log_path, "r", errors="replace") as handle:
+                return echoed + "\n" + handle.read()
+        except OSError:
+            return echoed
+
+    def reason(self) -> str:
+        text = self.output()
+        return listeners.listen_failure(text) or listeners.last_line(text) or "no reason logged"
 
 
 def check_serving_stack() -> None:
@@ -97,15 +182,21 @@ def _validate(args) -> None:
         raise UsageError("--request-timeout-s and --idle-timeout-s must be positive")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    ports = [args.port, args.grpc_port or args.port + 1, args.metrics_port or args.port + 2]
+    if max(ports) > 65535:
+        raise UsageError("--port %d leaves no room for the default gRPC and metrics ports (port+1, port+2): give "
+                         "--grpc-port and --metrics-port" % args.port)
 
 
 def _urls(args, grpc_port: int, metrics_port: int) -> List[str]:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    side = "127.0.0.1" if args.token_file else shown
     base = "http://%s:%d" % (shown, args.port)
-    return ["inference (KServe v2, HTTP): %s/v2/models/ladon/infer" % base,
+    return ["inference (KServe v2, HTTP): %s/v2/models/ladon/infer%s" % (base, " (token required)" if
+                                                                        args.token_file else ""),
             "readiness: %s/v2/health/ready" % base,
-            "gRPC (KServe v2): %s:%d" % (shown, grpc_port),
-            "metrics (Prometheus): http://%s:%d/metrics" % (shown, metrics_port)]
+            "gRPC (KServe v2): %s:%d" % (side, grpc_port),
+            "metrics (Prometheus): http://%s:%d/metrics" % (side, metrics_port)]
 
 
 def remove_stale_workdirs() -> None:
@@ -126,50 +217,50 @@ def remove_stale_workdirs() -> None:
             continue  # not ours to judge: unreadable, another user's, or still being set up
 
 
-def _last_line(path: str) -> str:
-    try:
-        with open(path, "r", errors="replace") as handle:
-            lines = [line.strip() for line in handle if line.strip()]
-    except OSError:
-        return "(no log)"
-    return lines[-1] if lines else "(empty log)"
+class StartupStopped(Exception):
+    """SIGTERM or Ctrl-C arrived before the server was ready."""
 
 
 def serve(args, stop: threading.Event) -> int:
-    from ladon_deploy.serve.gate import Gate, free_port
+    from ladon_deploy.serve.gate import free_port, open_gate
     from ladon_deploy.serve.server import BatchedServerStage, ServeSettings, start_triton
 
     check_serving_stack()
+    quiet_pytriton()
+    token = read_token(args.token_file)
     grpc_port = args.grpc_port or args.port + 1
     metrics_port = args.metrics_port or args.port + 2
+    side_host = "127.0.0.1" if token else args.host
     bundle = open_bundle_stages(args.bundle, ["entropy", "body"])
     tasks = select_tasks(bundle, parse_tasks(args.tasks))
     bundle.verify(["head_" + t for t in tasks])
-    try:
-        gate = Gate((args.host, args.port), ("127.0.0.1", 0), args.max_request_bytes, args.idle_timeout_s,
-                    args.request_timeout_s + 60.0)
-    except OSError as exc:
-        raise LadonError("cannot listen on %s:%d: %s" % (args.host, args.port, exc.strerror or exc))
+    triton_port = free_port()
+    planned = listeners.planned_listeners(args.host, args.port, grpc_port, metrics_port, triton_port, side_host)
+    listeners.check_listeners(planned)
+    gate = open_gate(args.host, args.port, args.max_request_bytes, args.idle_timeout_s, args.request_timeout_s + 60.0,
+                     token)
     triton = stage = None
     gate_running = False
     remove_stale_workdirs()
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
         with open(os.path.join(workdir, OWNER_FILE), "w") as handle:
             handle.write(str(os.getpid()))
+        log_path = os.path.join(workdir, "tritonserver.log")
+        watch = PyTritonWatch(log_path, triton_port, stop,
+                              "ports %s" % ", ".join(str(port) for _, _, port in planned[1:]))
         try:
             stage = BatchedServerStage(bundle, engine=args.engine, threads=args.threads, tasks=tasks,
                                        workdir=os.path.join(workdir, "batched"),
                                        max_payload_bytes=args.max_request_bytes)
-            triton_port = free_port()
-            log_path = os.path.join(workdir, "tritonserver.log")
-            settings = ServeSettings(args.host, triton_port, grpc_port, metrics_port, args.max_batch,
+            if stop.is_set():
+                raise StartupStopped()
+            settings = ServeSettings(side_host, triton_port, grpc_port, metrics_port, args.max_batch,
                                      args.max_queue_delay_ms, args.request_timeout_s)
             try:
-                triton = start_triton(stage, settings, os.path.join(workdir, "pytriton"), log_path)
-            except (RuntimeError, TimeoutError, OSError) as exc:
-                raise LadonError("Triton did not start (ports %d/%d in use?): %s; last log line: %s"
-                                 % (grpc_port, metrics_port, str(exc).splitlines()[0] if str(exc)
-                                    else type(exc).__name__, _last_line(log_path)))
+                # On any failure start_triton stops what it started before the exception reaches here.
+                triton = start_triton(stage, settings, os.path.join(workdir, "pytriton"), log_path, watch.created)
+            except KeyboardInterrupt:
+                raise StartupStopped()
             gate.upstream = ("127.0.0.1", triton_port)
             gate.start()
             gate_running = True
@@ -180,7 +271,10 @@ def serve(args, stop: threading.Event) -> int:
             print("%s: ready (Ctrl-C or SIGTERM stops it)" % PROG, flush=True)
             while not stop.wait(HEALTH_PERIOD_S):
                 if not triton.is_alive():
-                    raise LadonError("tritonserver stopped unexpectedly")
+                    raise LadonError("tritonserver stopped unexpectedly: %s" % watch.reason())
+        except StartupStopped:
+            print("%s: stopped before it was ready" % PROG, flush=True)
+            return 0
         finally:
             if gate_running:
                 gate.stop()
@@ -210,7 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             check_serving_stack()
             return serve_repository(args.model_repository, args.host, args.port, args.grpc_port or args.port + 1,
                                     args.metrics_port or args.port + 2, args.max_request_bytes,
-                                    args.request_timeout_s, stop)
+                                    args.request_timeout_s, stop, token=read_token(args.token_file))
         return serve(args, stop)
     finally:
         for sig, handler in previous.items():

@@ -16,6 +16,7 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from ladon_deploy.errors import LadonError
+from ladon_deploy.serve import listeners
 from ladon_deploy.serve.repository import ENSEMBLE_MODEL, read_repository_info
 
 
@@ -161,6 +162,10 @@ class RepositoryServer:
         """Returns once Triton and the `ladon` ensemble are ready; LadonError with Triton's reason if it exits."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            failure = listeners.listen_failure(self._log_text())
+            if failure:
+                raise LadonError("tritonserver could not listen (ports %d, %d, %d): %s"
+                                 % (self.http_port, self.grpc_port, self.metrics_port, failure))
             if not self.is_alive():
                 reason = _log_error(self.log_path) or "exit code %s" % (self.process.returncode if self.process
                                                                            else "?")
@@ -173,6 +178,13 @@ class RepositoryServer:
                 time.sleep(0.5)
         raise LadonError("tritonserver was not ready within %g s: %s"
                          % (timeout_s, _log_error(self.log_path) or "no error logged"))
+
+    def _log_text(self) -> str:
+        try:
+            with open(self.log_path, "r", errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         """SIGINT to the whole process group (tritonserver and its Python-backend stubs), SIGKILL if it lingers."""
@@ -195,25 +207,31 @@ class RepositoryServer:
 
 def serve_repository(directory: str, host: str, port: int, grpc_port: int, metrics_port: int,
                      max_request_bytes: int, request_timeout_s: float, stop: Any,
-                     say: Any = print, startup_timeout_s: float = 600.0) -> int:
+                     say: Any = print, startup_timeout_s: float = 600.0, token: Optional[bytes] = None) -> int:
     """`ladon-serve --model-repository DIR`: Triton on the repository behind ladon-serve's bounded gate, until
-    `stop` (a threading.Event) is set; the same readiness lines, shutdown and one-line errors as --bundle."""
+    `stop` (a threading.Event) is set; the same port checks, readiness lines, shutdown, token and one-line errors as
+    --bundle (with a token, gRPC and metrics listen on loopback only)."""
     import tempfile
 
-    from ladon_deploy.serve.gate import Gate, free_port
+    from ladon_deploy.serve.gate import free_port, open_gate
 
     info = read_repository_info(directory)
     check_bundled_server_can_load(directory)
-    try:
-        gate = Gate((host, port), ("127.0.0.1", 0), max_request_bytes, request_timeout_s, request_timeout_s * 2)
-    except OSError as exc:
-        raise LadonError("cannot listen on %s:%d: %s" % (host, port, exc.strerror or exc))
+    side_host = "127.0.0.1" if token else host
+    internal_port = free_port()
+    listeners.check_listeners(listeners.planned_listeners(host, port, grpc_port, metrics_port, internal_port,
+                                                          side_host))
+    gate = open_gate(host, port, max_request_bytes, request_timeout_s, request_timeout_s * 2, token)
     gate_running = False
     with tempfile.TemporaryDirectory(prefix="ladon-serve-repository-") as workdir:
-        server = RepositoryServer(directory, workdir, free_port(), grpc_port, metrics_port, host)
+        server = RepositoryServer(directory, workdir, internal_port, grpc_port, metrics_port, side_host)
         try:
             server.start()
-            server.wait_ready(startup_timeout_s, stop)
+            try:
+                server.wait_ready(startup_timeout_s, stop)
+            except KeyboardInterrupt:
+                say("ladon-serve: stopped before it was ready")
+                return 0
             gate.upstream = ("127.0.0.1", server.http_port)
             gate.start()
             gate_running = True
@@ -223,8 +241,9 @@ def serve_repository(directory: str, host: str, port: int, grpc_port: int, metri
                    ",".join(info.get("tasks", []))))
             say("  inference (KServe v2, HTTP): http://%s:%d/v2/models/%s/infer" % (shown, port, ENSEMBLE_MODEL))
             say("  readiness: http://%s:%d/v2/health/ready" % (shown, port))
-            say("  gRPC (KServe v2): %s:%d" % (shown, grpc_port))
-            say("  metrics (Prometheus): http://%s:%d/metrics" % (shown, metrics_port))
+            side = "127.0.0.1" if token else shown
+            say("  gRPC (KServe v2): %s:%d" % (side, grpc_port))
+            say("  metrics (Prometheus): http://%s:%d/metrics" % (side, metrics_port))
             say("ladon-serve: ready (Ctrl-C or SIGTERM stops it)")
             sys.stdout.flush()
             while not stop.wait(1.0):

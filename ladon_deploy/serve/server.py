@@ -5,6 +5,9 @@ Interface (any KServe v2 client can call it):
     output `result`  BYTES dims [1]   UTF-8 JSON: ServerResult.to_json() plus "timings_ms" (this request's server
                                       compute per stage), "server_compute_ms" and "batch_size"; or, for a payload
                                       the server refuses, {"error": "<one line>", "error_type": "PayloadError"}
+    output `mask`    BYTES dims [1]   only for a request whose parameters hold "mask": true (a PNG costs bytes, so it
+                                      is opt-in): the segmentation mask as the paletted PNG `ladon-run split
+                                      --mask-out` writes (same pixels, same palette); empty for a row without one
 
 Why errors travel inside `result`: PyTriton 0.7 can fail only a whole batch (an exception in the callable becomes
 HTTP 500 for every request batched with it, carrying a Python traceback). A bad payload must not fail the valid
@@ -23,7 +26,7 @@ checks that a batch's documents, probabilities as floats included, equal those o
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -32,11 +35,14 @@ from ladon_deploy.device import wire
 from ladon_deploy.engines.base import Runner
 from ladon_deploy.engines.registry import choose_runnable_stage, open_choice, open_runner
 from ladon_deploy.errors import LadonError, PayloadError
+from ladon_deploy.server import postprocess
 from ladon_deploy.server.stage import ServerResult, ServerStage
 
 MODEL_NAME = "ladon"
 INPUT_NAME = "payload"
 OUTPUT_NAME = "result"
+MASK_OUTPUT_NAME = "mask"
+MASK_PARAMETER = "mask"
 BATCHED_HEADS = ("cls", "seg")
 """Heads whose graphs take a batch of feature maps; the detection head takes one image (its image_size)."""
 BATCHABLE_ENGINES = ("onnxruntime", "onnxruntime-cuda")
@@ -177,7 +183,14 @@ class BatchedServerStage:
 
     def run_batch(self, payloads: Sequence[Any], top_k: int = 5) -> List[Dict[str, Any]]:
         """One document per payload, in order: the result, or {"error", "error_type"} for a refused payload."""
+        return self.run_rows(payloads, top_k)[0]
+
+    def run_rows(self, payloads: Sequence[Any], top_k: int = 5, mask_rows: Sequence[int] = ()
+                 ) -> Tuple[List[Dict[str, Any]], List[bytes]]:
+        """run_batch's documents, and for each row listed in mask_rows with a seg result its mask as PNG bytes
+        (b"" for every other row)."""
         started = time.perf_counter()
+        masks = [b""] * len(payloads)
         documents: List[Optional[Dict[str, Any]]] = [None] * len(payloads)
         groups: Dict[Tuple[int, int, int], List[Member]] = {}
         for index, data in enumerate(payloads):
@@ -201,7 +214,9 @@ class BatchedServerStage:
                 document["server_compute_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
                 document["batch_size"] = len(members)
                 documents[member[0]] = document
-        return [document for document in documents if document is not None]
+                if member[0] in mask_rows and "seg" in result.outputs:
+                    masks[member[0]] = postprocess.encode_mask_png(result.mask())
+        return [document for document in documents if document is not None], masks
 
     def close(self) -> None:
         self.stage.close()
@@ -220,21 +235,42 @@ def encode_documents(documents: Sequence[Dict[str, Any]]) -> np.ndarray:
     return column
 
 
+def wants_mask(parameters: Optional[Dict[str, Any]]) -> bool:
+    """Whether a request's KServe parameters ask for the mask output ({"mask": true}; "true" and 1 read alike)."""
+    value = (parameters or {}).get(MASK_PARAMETER, False)
+    return value is True or str(value).lower() in ("true", "1")
+
+
+def encode_masks(masks: Sequence[bytes]) -> np.ndarray:
+    """PNG bytes -> the `mask` tensor: an object array of bytes, shape [N, 1]."""
+    column = np.empty((len(masks), 1), dtype=np.object_)
+    for row, mask in enumerate(masks):
+        column[row, 0] = bytes(mask)
+    return column
+
+
 def make_infer_function(stage: BatchedServerStage):
-    """The PyTriton callable: a list of requests (each [rows, 1] payloads) -> a list of {"result": [rows, 1]}."""
+    """The PyTriton callable: a list of requests (each [rows, 1] payloads) -> a list of {"result": [rows, 1]}, plus
+    "mask": [rows, 1] for the requests that ask for it."""
 
     def infer(requests):
         flat: List[Any] = []
         counts = []
+        mask_rows: Set[int] = set()
         for request in requests:
             column = np.asarray(request[INPUT_NAME], dtype=np.object_).reshape(-1)
+            if wants_mask(getattr(request, "parameters", None)):
+                mask_rows.update(range(len(flat), len(flat) + len(column)))
             flat.extend(column.tolist())
             counts.append(len(column))
-        documents = stage.run_batch(flat)
+        documents, masks = stage.run_rows(flat, mask_rows=mask_rows)
         responses = []
         position = 0
         for count in counts:
-            responses.append({OUTPUT_NAME: encode_documents(documents[position:position + count])})
+            response = {OUTPUT_NAME: encode_documents(documents[position:position + count])}
+            if position in mask_rows:
+                response[MASK_OUTPUT_NAME] = encode_masks(masks[position:position + count])
+            responses.append(response)
             position += count
         return responses
 
@@ -256,8 +292,10 @@ class ServeSettings:
         self.request_timeout_s = float(request_timeout_s)
 
 
-def start_triton(stage: BatchedServerStage, settings: ServeSettings, workspace: str, log_path: str):
+def start_triton(stage: BatchedServerStage, settings: ServeSettings, workspace: str, log_path: str,
+                 on_created: Optional[Callable[[Any], None]] = None):
     """Starts tritonserver (PyTriton's bundled one) serving `ladon`; returns the running pytriton Triton object.
+    on_created(triton) is called before it starts, so that a caller can watch the start-up.
 
     Triton's HTTP endpoint listens on settings.host:http_port (ladon-serve puts it on loopback behind the gate);
     gRPC and metrics on settings.host; tritonserver's own log goes to log_path. The caller stops it with .stop().
@@ -280,10 +318,13 @@ def start_triton(stage: BatchedServerStage, settings: ServeSettings, workspace: 
     batcher = DynamicBatcher(max_queue_delay_microseconds=int(settings.max_queue_delay_ms * 1000),
                              default_queue_policy=queue_policy)
     triton = Triton(config=config, workspace=workspace)
+    if on_created is not None:
+        on_created(triton)
     try:
         triton.bind(model_name=MODEL_NAME, infer_func=make_infer_function(stage),
                     inputs=[Tensor(name=INPUT_NAME, dtype=np.bytes_, shape=(1,))],
-                    outputs=[Tensor(name=OUTPUT_NAME, dtype=np.bytes_, shape=(1,))],
+                    outputs=[Tensor(name=OUTPUT_NAME, dtype=np.bytes_, shape=(1,)),
+                             Tensor(name=MASK_OUTPUT_NAME, dtype=np.bytes_, shape=(1,))],
                     config=ModelConfig(max_batch_size=settings.max_batch, batcher=batcher), strict=True)
         triton.run()
     except BaseException:

@@ -17,6 +17,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ladon_deploy.atomic import write_bytes_atomically
+
 LABEL_SETS = {"imagenet": 1000, "coco": 91, "voc": 21}
 
 _LABELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "labels")
@@ -102,7 +104,8 @@ def detection_results(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
     """Detections as ``{"box": [x1, y1, x2, y2], "score", "label", "name"}`` in original-image pixels.
 
     ``labels`` index torchvision's 91-entry COCO category list (so 'N/A' slots keep their ids); detections are
-    kept in the head's order (descending score per torchvision) and filtered by ``score >= score_threshold``.
+    kept in the head's order (descending score, equal scores in the order the ranked head fixes: lower proposal
+    rank, then lower class id) and filtered by ``score >= score_threshold``.
     """
     boxes = rescale_boxes(boxes, original_size, resized_size)
     scores = np.asarray(scores).reshape(-1)
@@ -203,6 +206,11 @@ def voc_palette() -> List[int]:
 
 def save_mask_png(mask: np.ndarray, path: Union[str, os.PathLike]) -> None:
     """Write a uint8 class-index mask as a paletted PNG with the VOC colours (pixel values stay class ids)."""
+    write_bytes_atomically(os.fspath(path), encode_mask_png(mask))
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """A uint8 class-index mask as the bytes of a paletted PNG with the VOC colours (ladon-serve sends these)."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError("expected a [H, W] mask, got shape %s" % (mask.shape,))
@@ -213,4 +221,6 @@ def save_mask_png(mask: np.ndarray, path: Union[str, os.PathLike]) -> None:
     # frombytes, not fromarray(mode="P"): the mode argument of fromarray is deprecated in recent Pillow.
     image = Image.frombytes("P", (int(mask.shape[1]), int(mask.shape[0])), np.ascontiguousarray(mask).tobytes())
     image.putpalette(voc_palette())
-    image.save(os.fspath(path), format="PNG")
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    return encoded.getvalue()

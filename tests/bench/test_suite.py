@@ -164,7 +164,7 @@ def _bench(argv, capsys):
 
 def test_bench_errors_are_one_line(capsys, tmp_path, demo_bundle):
     code, captured = _bench(["--bundle", demo_bundle, "--out", str(tmp_path), "--rates", "fast"], capsys)
-    assert code == 2 and "cannot parse rate" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert code == 2 and "unknown link profile 'fast'" in captured.err and len(captured.err.strip().splitlines()) == 1
     code, captured = _bench(["--bundle", str(tmp_path), "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "not a bundle" in captured.err
     code, captured = _bench(["--bundle", demo_bundle, "--out", str(tmp_path), "--engines", "tpu"], capsys)

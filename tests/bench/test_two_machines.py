@@ -89,6 +89,34 @@ def _stage(stages, name):
 
 
 @pytest.mark.slow
+def test_report_on_radio_link_profiles(measured, capsys):
+    """Figs S1-S2 on real link profiles: transfer is the frames' time on air, the duty-cycle wall time its own
+    column; the ideal pipe keeps the paper's arithmetic."""
+    from ladon_deploy.link import plan
+    from ladon_deploy.link.profiles import get_profile
+
+    out = measured / "figs-links"
+    code, captured = _bench(["report", "--device", str(measured / "nano.json"), "--server",
+                             str(measured / "laptop.json"), "--links", "ideal:37.5kbps,lora-sf6-bw500,eu868-dr5",
+                             "--out", str(out)], capsys)
+    assert code == 0, captured.err
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    ladon = {row["rate"]: row for row in rows if row["family"] == "Ladon"}
+    size = json.loads((measured / "nano.json").read_text())["engines"]["cpu"]["ladon"][0]["payload_bytes"]
+    assert ladon["ideal:37.5kbps"]["transfer_ms"] == pytest.approx(size * 8 / 37.5)
+    assert ladon["ideal:37.5kbps"]["duty_cycle_wall_ms"] == pytest.approx(ladon["ideal:37.5kbps"]["transfer_ms"])
+    for name, duty in (("lora-sf6-bw500", None), ("eu868-dr5", 0.01)):
+        profile = get_profile(name)
+        region = plan.implied_region(profile, None)
+        airtime = sum(plan.frame_times(profile, region, size))
+        assert ladon[name]["transfer_ms"] == pytest.approx(airtime * 1e3)
+        assert ladon[name]["duty_cycle_wall_ms"] == pytest.approx(airtime * 1e3 / (duty or 1.0))
+    # framing costs time: the same 37.5 kbps as LoRa SF6/500 frames takes longer than the ideal pipe
+    assert ladon["lora-sf6-bw500"]["transfer_ms"] > ladon["ideal:37.5kbps"]["transfer_ms"]
+    assert "duty-cycle wall ms" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
 def test_report_end_to_end_is_the_sum_of_both_files(measured, capsys):
     out = measured / "figs"
     code, captured = _bench(["report", "--device", str(measured / "nano.json"), "--server",

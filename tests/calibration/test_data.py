@@ -68,3 +68,41 @@ def test_progress_lines_are_plain_and_bounded():
     assert 10 <= len(lines) <= 11
     assert lines[-1].startswith("calibrating encoder: 50/50")
     assert all("\r" not in line and "\x1b" not in line for line in lines)
+
+
+def test_unreadable_files_are_skipped_counted_and_named(demo_bundle, photos, tmp_path):
+    for path in data.list_images(photos)[:4]:
+        os.symlink(path, str(tmp_path / os.path.basename(path)))
+    (tmp_path / "notes.jpg").write_text("a text file, renamed")
+    (tmp_path / "empty.png").write_bytes(b"")
+    split = data.split_images(str(tmp_path), count=10, seed=0, held_out=2)
+    used = split.calibration + split.held_out
+    assert len(used) == len(data.list_images(str(tmp_path))) - 2
+    assert sorted(os.path.basename(p) for p in split.skipped) == ["empty.png", "notes.jpg"]
+    assert not {"notes.jpg", "empty.png"} & {os.path.basename(p) for p in used}
+    assert "2 unreadable file(s) skipped (Pillow cannot open them): empty.png, notes.jpg" in split.describe()
+    # Every image the split keeps is decoded without an error.
+    bundle = open_bundle(demo_bundle, verify=False)
+    decoded = list(data.iterate_images(bundle, used, progress=None))
+    assert [path for path, _ in decoded] == used
+    # The device's TensorRT calibrator reads the same split and says what it skipped (TensorRT is not needed here).
+    from ladon_deploy.calibration.trt_calibrator import EncoderBatches
+
+    lines = []
+    batches = EncoderBatches(bundle, str(tmp_path), count=10, shape=(1, 3, 416, 416), progress=lines.append)
+    assert batches.split.calibration == split.calibration and batches.split.skipped == split.skipped
+    assert lines[0].startswith("calibration images: ") and "2 unreadable file(s) skipped" in lines[0]
+
+
+def test_a_folder_of_mostly_unreadable_files_says_how_many_it_could_not_read(photos, tmp_path):
+    for path in data.list_images(photos)[:2]:
+        os.symlink(path, str(tmp_path / os.path.basename(path)))
+    (tmp_path / "notes.jpg").write_text("a text file, renamed")
+    with pytest.raises(ImageError, match="has 2 readable image.*1 unreadable: notes.jpg"):
+        data.split_images(str(tmp_path))
+
+
+def test_a_clean_folder_says_nothing_about_skipping(photos):
+    split = data.split_images(photos, count=5, seed=3, held_out=4)
+    assert split.skipped == [] and "unreadable" not in split.describe()
+

@@ -31,13 +31,14 @@ def test_rates_refused(text, message):
 
 @pytest.mark.parametrize("text, seconds", [
     ("20ms", 0.02), ("0.1s", 0.1), ("500us", 5e-4), ("2 s", 2.0), ("0", 0.0), ("0.0", 0.0), ("0ms", 0.0),
+    ("20min", 1200.0), ("1.5h", 5400.0),
 ])
 def test_durations_with_units(text, seconds):
     assert link.parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text, message", [
-    ("20", "has no unit"), ("0.5", "has no unit"), ("20min", "unknown unit"), ("soon", "cannot parse"),
+    ("20", "has no unit"), ("0.5", "has no unit"), ("20m", "unknown unit"), ("soon", "cannot parse"),
     ("-20ms", "cannot parse"),
 ])
 def test_durations_refused(text, message):

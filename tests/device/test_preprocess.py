@@ -408,3 +408,148 @@ def test_runs_without_torch(tmp_path):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+# --- bounded memory, same bits (issue 17) ------------------------------------------------------------------------
+# preprocess() now reads the decoded image in bands and rotates/converts only the pixels the resize reads. Its
+# output must be bit for bit what the code before that change produced: FROZEN holds sha256 digests of
+# (tensor bytes, sizes, notes) computed by that code (ladon_deploy/device/preprocess.py as of 2026-12-04) on the
+# lossless files below. JPEG cases are compared with decode_image + preprocess_array (the whole-image path).
+
+
+def _exif_bytes(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def _mode_image(mode, height, width, seed):
+    rgb = Image.fromarray(make_rgb(height, width, seed=seed))
+    if mode == "RGB":
+        return rgb
+    if mode in ("L", "CMYK", "1", "P"):
+        return rgb.convert(mode)
+    if mode == "RGBA":
+        alpha = Image.fromarray(make_rgb(height, width, seed=seed + 1)[:, :, 0])
+        rgba = rgb.convert("RGBA")
+        rgba.putalpha(alpha)
+        return rgba
+    if mode == "LA":
+        return _mode_image("RGBA", height, width, seed).convert("LA")
+    if mode == "I;16":
+        values = make_rgb(height, width, seed=seed).astype(np.uint16)
+        return Image.fromarray((values[:, :, 0] * 257 + values[:, :, 1] // 3).astype(np.uint16))
+    raise ValueError(mode)
+
+
+def frozen_cases(directory):
+    """(name, path, preprocess kwargs): odd sizes, orientations 1-8, modes, tiny and large, lossless files."""
+    cases = []
+
+    def add(name, image, kwargs=None, **save_kwargs):
+        path = os.path.join(str(directory), name + (".tif" if image.mode == "CMYK" else ".png"))
+        image.save(path, **save_kwargs)
+        cases.append((name, path, kwargs or {}))
+
+    for height, width in [(333, 517), (1, 1), (2, 3), (417, 415), (9, 1000), (1000, 9)]:
+        add("rgb-%dx%d" % (height, width), _mode_image("RGB", height, width, height + width))
+    for orientation in range(1, 9):
+        add("orientation-%d" % orientation, _mode_image("RGB", 301, 203, orientation),
+            exif=_exif_bytes(orientation))
+    add("orientation-6-ignored", _mode_image("RGB", 301, 203, 6), {"exif_transpose": False}, exif=_exif_bytes(6))
+    for mode in ("L", "LA", "RGBA", "P", "CMYK", "1", "I;16"):
+        add("mode-%s" % mode.replace(";", ""), _mode_image(mode, 257, 389, 11), exif=_exif_bytes(8))
+    palette = _mode_image("P", 200, 300, 5)
+    add("mode-P-transparency", palette, transparency=int(np.asarray(palette)[0, 0]))
+    add("large-1900x2500", _mode_image("RGB", 1900, 2500, 2), {"policy": pp.POLICY_SQUARE}, compress_level=1)
+    add("upscale-square-100x150", _mode_image("RGB", 100, 150, 4), {"policy": pp.POLICY_SQUARE, "size": 224})
+    return cases
+
+
+def digest(result):
+    import hashlib
+
+    text = repr((result.tensor.shape, result.original_size, result.resized_size, result.notes)).encode()
+    return hashlib.sha256(result.tensor.tobytes() + text).hexdigest()[:24]
+
+
+FROZEN = {
+    "rgb-333x517": "700f636612b25ad2801aac73",
+    "rgb-1x1": "539e7fcf783525004152aec5",
+    "rgb-2x3": "482bb45460dc066dde15206d",
+    "rgb-417x415": "465425636eab81696d1f78ee",
+    "rgb-9x1000": "d53a00775148931609ffddee",
+    "rgb-1000x9": "e219b6acfdd7bf31d4d1d135",
+    "orientation-1": "c3b7c75c612fbd1028e2540b",
+    "orientation-2": "8bdfb3befb8479d5d562d8e0",
+    "orientation-3": "c11ddcaa5e08c1ed9a2c6df0",
+    "orientation-4": "e7a74ff18727322f1d146970",
+    "orientation-5": "bd8d9351eaab6f253a1b02f6",
+    "orientation-6": "803f03539a6acfcfbf8c18be",
+    "orientation-7": "c66e6cbb7c061bb4483b9530",
+    "orientation-8": "d61e595867bc0e3f985b0cec",
+    "orientation-6-ignored": "c742c9250868262fddca05a5",
+    "mode-L": "85dee54ba80e37af1eef4087",
+    "mode-LA": "8c71a6f61a43e598db3b5e40",
+    "mode-RGBA": "7769036df25231baf7f1c794",
+    "mode-P": "38ca88e2d1f349765da14ecb",
+    "mode-CMYK": "07904856389918735c6878f2",
+    "mode-1": "228a81f00be029f4a0c19c55",
+    "mode-I16": "6b06806d9f79614bd59997f9",
+    "mode-P-transparency": "082a12409b135c18c4059322",
+    "large-1900x2500": "99364e02d4cc74af821bdafa",
+    "upscale-square-100x150": "ff2543eb188080dcf368188a",
+}
+
+
+@pytest.fixture(scope="module")
+def frozen_files(tmp_path_factory):
+    return frozen_cases(tmp_path_factory.mktemp("frozen"))
+
+
+@pytest.mark.parametrize("band_bytes", [pp.BAND_BYTES, 3000], ids=["default-bands", "tiny-bands"])
+def test_bit_exact_to_the_code_before_banding(frozen_files, band_bytes, monkeypatch):
+    monkeypatch.setattr(pp, "BAND_BYTES", band_bytes)
+    assert len(frozen_files) == len(FROZEN)
+    for name, path, kwargs in frozen_files:
+        assert digest(pp.preprocess(path, **kwargs)) == FROZEN[name], name
+
+
+def test_banded_path_equals_whole_image_path(frozen_files, monkeypatch):
+    """The same on every frozen case against the whole-image path still in the module (decode + full copy)."""
+    monkeypatch.setattr(pp, "BAND_BYTES", 5000)
+    for name, path, kwargs in frozen_files:
+        options = dict(kwargs)
+        image, notes = pp.decode_image(path, exif_transpose=options.pop("exif_transpose", True))
+        whole = pp.preprocess_array(np.asarray(image), **options)
+        whole.notes = notes
+        assert digest(pp.preprocess(path, **kwargs)) == digest(whole), name
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_orientations_equal_whole_image_path(tmp_path, orientation, monkeypatch):
+    monkeypatch.setattr(pp, "BAND_BYTES", 20000)
+    path = save(tmp_path, make_rgb(611, 437, seed=orientation), "o.jpg", quality=92, exif=_exif_bytes(orientation))
+    image, notes = pp.decode_image(path)
+    whole = pp.preprocess_array(np.asarray(image))
+    whole.notes = notes
+    assert digest(pp.preprocess(path)) == digest(whole)
+    assert len(notes) == (orientation != 1)
+
+
+def test_fast_decode_is_opt_in_and_close(tmp_path):
+    path = save(tmp_path, make_rgb(1700, 2300, seed=1), "big.jpg", quality=90)
+    exact = pp.preprocess(path)
+    fast = pp.preprocess(path, fast_decode=True)
+    assert exact.notes == [] and fast.notes == ["fast decode: the JPEG was decoded at 1/4 scale (575x425), "
+                                                "not bit-exact"]
+    assert fast.tensor.shape == exact.tensor.shape
+    assert fast.original_size == exact.original_size == (1700, 2300)
+    assert fast.resized_size == exact.resized_size
+    difference = np.abs(fast.tensor - exact.tensor)
+    assert 0 < difference.mean() < 0.5
+    # A lossless file, or a JPEG already at the output's scale, is decoded exactly even when asked to be fast.
+    png = save(tmp_path, make_rgb(300, 200, seed=1), "small.png")
+    assert digest(pp.preprocess(png, fast_decode=True)) == digest(pp.preprocess(png))
+    small = save(tmp_path, make_rgb(416, 300, seed=1), "small.jpg")
+    assert digest(pp.preprocess(small, fast_decode=True)) == digest(pp.preprocess(small))

@@ -1,10 +1,10 @@
 """The TensorRT layer without TensorRT: version dispatch, the per-generation refusals, dtypes, buffer shapes, the
 machine's identity, the install refusals; and a check that each TensorRT call sits behind the dispatch flag that
-keeps it inside the releases whose Python API documents it (8.2, 8.4, 8.5, 8.6, 10.x, 11.x)."""
-import ast
-import inspect
+keeps it inside the releases whose binding sources have it (tables extracted per release: api_check)."""
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -30,7 +30,8 @@ def test_generation_per_release(version, name, pool, explicit_batch, weak):
     assert generation.named_tensors == (name != "bindings")
 
 
-@pytest.mark.parametrize("version, message", [("7.1.3", "older than 8.2"), ("12.0.0", "newer than this toolkit"),
+@pytest.mark.parametrize("version, message", [("7.1.3", "older than 8.2"), ("8.0.1.6", "JetPack 4.6.1 or later"),
+                                              ("12.0.0", "newer than this toolkit"),
                                               ("trt", "not a TensorRT version")])
 def test_unknown_generations_are_refused(version, message):
     with pytest.raises(EngineError, match=message):
@@ -114,7 +115,7 @@ def _missing(module):
 
 @pytest.mark.skipif(not _missing("tensorrt"), reason="tensorrt is installed here")
 def test_missing_tensorrt_says_what_to_install_per_jetpack():
-    with pytest.raises(EngineError, match="not installed .*JetPack 4.6 .*Python 3.6"):
+    with pytest.raises(EngineError, match="not installed .*JetPack 4.6.1-4.6.x .*Python 3.6 .*R32.6.1, has 8.0.1"):
         tensorrt_api.import_tensorrt("jetson-nano")
     with pytest.raises(EngineError, match="TensorRT 8.5 ships with JetPack 5.1 .*Python 3.8"):
         tensorrt_api.import_tensorrt("xavier-nx")
@@ -132,63 +133,29 @@ def test_missing_cuda_binding_says_what_to_install():
         tensorrt_api.open_cuda("server")
 
 
-# Where each version-limited TensorRT Python call exists: (first release that has it, first release without it),
-# from NVIDIA's Python API references and migration guides (8.4: memory pools; 8.5: named I/O tensors; 10.0:
-# bindings, max_workspace_size and implicit batch removed; 11.0: weak typing flags removed).
-API_LIFETIMES = {
-    "max_workspace_size": (None, (10, 0)),
-    "set_memory_pool_limit": ((8, 4), None), "MemoryPoolType": ((8, 4), None),
-    "EXPLICIT_BATCH": (None, (10, 0)),  # deprecated and ignored from 10.0: not passed there
-    "FP16": (None, (11, 0)), "INT8": (None, (11, 0)), "int8_calibrator": (None, (11, 0)),
-    "num_bindings": (None, (10, 0)), "get_binding_name": (None, (10, 0)), "binding_is_input": (None, (10, 0)),
-    "get_binding_dtype": (None, (10, 0)), "get_binding_shape": (None, (10, 0)),
-    "get_binding_index": (None, (10, 0)), "set_binding_shape": (None, (10, 0)),
-    "all_binding_shapes_specified": (None, (10, 0)), "execute_async_v2": (None, (10, 0)),
-    "num_io_tensors": ((8, 5), None), "get_tensor_name": ((8, 5), None), "get_tensor_mode": ((8, 5), None),
-    "get_tensor_dtype": ((8, 5), None), "get_tensor_shape": ((8, 5), None), "set_input_shape": ((8, 5), None),
-    "set_tensor_address": ((8, 5), None), "execute_async_v3": ((8, 5), None), "TensorIOMode": ((8, 5), None),
-}
-FLAGS = ("named_tensors", "memory_pool_limit", "explicit_batch_flag", "weak_typing", "calibrators")
-RELEASES = ("8.2.1.8", "8.4.3.1", "8.5.2.2", "8.6.1.6", "10.0.1.6", "10.13.3.9", "11.0.0", "11.4.1")
+def test_each_generation_reaches_the_calls_its_tables_have():
+    """The per-generation dispatch, checked against NVIDIA's binding sources of each release (api_check's strict
+    stand-ins, generated from engines/api_tables/): 8.2 reaches the bindings calls only, 10.x the named-tensor calls
+    only, 11.x neither FP16/INT8 flags nor a calibrator. (This replaces a hand-written list of 25 calls.)"""
+    from ladon_deploy.engines import api_check
 
-
-def _guard(node, parents):
-    """(flag, needed value) of the nearest enclosing if / conditional expression that tests a dispatch flag."""
-    child = node
-    while child in parents:
-        parent = parents[child]
-        if isinstance(parent, (ast.If, ast.IfExp)):
-            flags = [n.attr for n in ast.walk(parent.test) if isinstance(n, ast.Attribute) and n.attr in FLAGS]
-            if flags:
-                in_body = child in (parent.body if isinstance(parent.body, list) else [parent.body])
-                if in_body:
-                    return flags[0], True
-                if isinstance(parent.test, ast.Attribute):  # a plain flag test: the else branch is "flag False"
-                    return flags[0], False
-        child = parent
-    return None
-
-
-def test_every_version_limited_call_is_behind_its_dispatch_flag():
-    tree = ast.parse(inspect.getsource(tensorrt_api))
-    parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
-    seen = set()
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Attribute) and node.attr in API_LIFETIMES):
-            continue
-        seen.add(node.attr)
-        guard = _guard(node, parents)
-        assert guard is not None, "%s (line %d) is called without a generation check" % (node.attr, node.lineno)
-        flag, needed = guard
-        first, removed = API_LIFETIMES[node.attr]
-        for release in RELEASES:
-            generation = Generation(release)
-            if getattr(generation, flag) != needed:
-                continue
-            version = generation.major_minor
-            assert first is None or version >= first, "%s reached on TensorRT %s" % (node.attr, release)
-            assert removed is None or version < removed, "%s reached on TensorRT %s" % (node.attr, release)
-    assert seen == set(API_LIFETIMES)  # the table and the code name the same calls
+    binding = api_check.cuda_bindings()[0]
+    reached = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_path = os.path.join(scratch, "stage.onnx")
+        with open(onnx_path, "wb") as handle:
+            handle.write(b"read as bytes only")
+        for version in ("8.2.1", "10.16", "11.1"):
+            result = api_check.drive_tensorrt(api_check.load_table("tensorrt-%s.json" % version), binding, onnx_path)
+            assert result.errors == [], result.errors
+            reached[version] = {name for _, name in result.sites}
+    assert {"ICudaEngine.num_bindings", "IExecutionContext.execute_async_v2",
+            "IBuilderConfig.max_workspace_size"} <= reached["8.2.1"]
+    assert not {n for n in reached["8.2.1"] if "tensor" in n.split(".")[-1] or n.endswith("_v3")}
+    assert {"ICudaEngine.num_io_tensors", "IExecutionContext.execute_async_v3",
+            "IBuilderConfig.set_memory_pool_limit", "IBuilderConfig.int8_calibrator"} <= reached["10.16"]
+    assert not {n for n in reached["10.16"] if "binding" in n or n.endswith("_v2") or "workspace" in n}
+    assert not {n for n in reached["11.1"] if "calibrat" in n or "EXPLICIT_BATCH" in n or n.endswith(("FP16", "INT8"))}
 
 
 BLOCK_TORCH = (

@@ -11,7 +11,7 @@ import torch
 
 from ladon_deploy.models.checkpoint import load_ladon
 from reference import ladon_reference_forward
-from sc2bench_models import _load_exact, detection_model, torchdistill_file
+from sc2bench_models import _load_exact, detection_model, save_trio, widen_class_logits
 
 
 @pytest.fixture(scope="module")
@@ -21,18 +21,9 @@ def detecting_trio(sc2bench_trio, tmp_path_factory):
     nothing. Returns (sc2bench cls, det, seg models, LadonModel loaded from their three files)."""
     cls_model, det_model, seg_model = sc2bench_trio
     det_model = copy.deepcopy(det_model)
-    generator = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        predictor = det_model.roi_heads.box_predictor
-        predictor.cls_score.weight.copy_(torch.randn(predictor.cls_score.weight.shape, generator=generator) * 0.2)
-        predictor.cls_score.bias.zero_()
-    directory = tmp_path_factory.mktemp("sc2bench-forward")
-    files = [torchdistill_file(cls_model, directory / "ilsvrc2012-splittable_resnet50-fp-beta5.12.pt", "cls.yaml"),
-             torchdistill_file(det_model, directory / "coco2017-faster_rcnn_splittable_resnet50-fp-beta5.12_fpn.pt",
-                               "det.yaml"),
-             torchdistill_file(seg_model, directory / "pascal_voc2012-deeplabv3_splittable_resnet50-fp-beta5.12.pt",
-                               "seg.yaml")]
-    loaded = load_ladon([str(f) for f in files])
+    widen_class_logits(det_model)
+    files = save_trio(cls_model, det_model, seg_model, tmp_path_factory.mktemp("sc2bench-forward"))
+    loaded = load_ladon(files)
     assert loaded.filled_keys == []
     return cls_model, det_model, seg_model, loaded.model
 

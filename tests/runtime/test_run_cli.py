@@ -202,6 +202,12 @@ def test_usage_errors_are_refused_up_front(demo_bundle, image, payload, tmp_path
         (split + ["--rate", "100"], "has no unit"),
         (split + ["--rtt", "20"], "has no unit"),
         (split + ["--max-megapixels", "0"], "must be positive"),
+        (split + ["--mask-out", str(tmp_path / "mask.jpg")], "writes a PNG file: give a name ending in .png"),
+        (server + ["--mask-out", str(tmp_path / "mask")], "writes a PNG file: give a name ending in .png"),
+        (["mobile", "--bundle", demo_bundle, "--image", image, "--out", str(tmp_path / "p.ldn"), "--mask-out",
+          str(tmp_path / "m.png")], "--mask-out needs --server URL"),
+        (["mobile", "--bundle", demo_bundle, "--images", str(tmp_path), "--server", "http://127.0.0.1:9",
+          "--mask-out", str(tmp_path / "m.png")], "use it with --image FILE, not --images DIR"),
     ]:
         code, _, err = _run(argv, capsys)
         _one_line_error(code, err, message)
@@ -275,3 +281,29 @@ def test_version_and_help(capsys):
         text = " ".join(capsys.readouterr().out.split())
         for fragment in expected:
             assert fragment in text, (command, fragment)
+
+
+def test_a_folder_goes_on_past_each_failure_and_exits_2(demo_bundle, image, tmp_path, capsys):
+    # No server listens on the port: every good photo fails at the request, the text file at decoding; each is named
+    # on its own line, the run goes on to the end, and the summary says so (tests/serve/test_serve.py has the answered
+    # case against a real server).
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = "http://127.0.0.1:%d" % probe.getsockname()[1]
+    shutil.copy(image, str(tmp_path / "a.png"))
+    shutil.copy(image, str(tmp_path / "b.png"))
+    (tmp_path / "notes.jpg").write_text("a text file, renamed")
+    argv = ["mobile", "--bundle", demo_bundle, "--images", str(tmp_path), "--server", url, "--timeout", "5s"]
+    code, out, err = _run(argv, capsys)
+    assert code == 2
+    assert "0 images answered, 3 failed" in out
+    lines = err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["a.png", "b.png", "notes.jpg", "ladon-run"]
+    assert "cannot connect to %s" % url in lines[0] and "not a readable image file" in lines[2]
+    assert lines[3] == "ladon-run: error: 3 of 3 images failed: a.png, b.png, notes.jpg"
+    code, out, err = _run(argv + ["--json"], capsys)
+    document = json.loads(out)
+    assert code == 2 and document["images"] == [] and document["summary_ms"] == {}
+    assert [f["image"] for f in document["failed"]] == [str(tmp_path / n) for n in ("a.png", "b.png", "notes.jpg")]

@@ -83,10 +83,20 @@ def server(demo_bundle, tmp_path_factory):
         time.sleep(0.2)
     yield {"url": "http://127.0.0.1:%d" % port, "process": process, "lines": lines, "reader": reader,
            "repository": repository}
+    psutil = pytest.importorskip("psutil")
+    try:
+        started = psutil.Process(process.pid).children(recursive=True)  # tritonserver has a group of its own
+    except psutil.Error:
+        started = []
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for child in started:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
 
 
 @pytest.mark.slow
@@ -141,23 +151,34 @@ def test_refused_payloads_get_one_line_and_serving_goes_on(server, payloads, exp
 
 
 @pytest.mark.slow
+def test_ladon_run_mobile_against_it_prints_no_batch_size_it_does_not_have(server, demo_bundle, tmp_path, capsys):
+    from ladon_deploy.cli_support import run_command
+    from ladon_deploy.runtime.cli import PROG, main
+
+    image = make_image(tmp_path / "strip.png", 30, 400, 11)
+    code = run_command(PROG, main, ["mobile", "--bundle", demo_bundle, "--image", str(image), "--tasks", "cls",
+                                    "--server", server["url"]])
+    out = capsys.readouterr().out
+    assert code == 0 and "(reported by the server)" in out and "batch of" not in out, out
+
+
+@pytest.mark.slow
 def test_sigterm_stops_tritonserver_and_its_stubs(server, payloads):
+    psutil = pytest.importorskip("psutil")
     process = server["process"]
     with InferenceClient(server["url"], timeout_s=REQUEST_TIMEOUT_S) as client:
         client.infer(payloads[2])
+    # What this server started (tritonserver runs in a process group of its own, its Python-backend stubs under
+    # it): only these are looked at, so another server on the machine cannot disturb the test.
+    started = psutil.Process(process.pid).children(recursive=True)
+    names = " ".join(" ".join(child.cmdline()) for child in started)
+    assert "tritonserver" in names and "triton_python_backend_stub" in names
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     server["reader"].join(10)
     assert "ladon-serve: stopped" in "".join(server["lines"])
-    # tritonserver ran in a process group of its own; nothing of it is left.
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        leftover = subprocess.run(["pgrep", "-f", "ladon-serve-repository-.*triton_python_backend_stub"],
-                                  stdout=subprocess.PIPE, universal_newlines=True).stdout.split()
-        if not leftover:
-            break
-        time.sleep(0.5)
-    assert not leftover
+    _, alive = psutil.wait_procs(started, timeout=20)
+    assert not alive, [child.pid for child in alive]
     with pytest.raises(ServerError, match="cannot connect"):
         InferenceClient(server["url"], timeout_s=5).infer(payloads[2])
 

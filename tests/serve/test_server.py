@@ -100,3 +100,33 @@ def test_batch_capable_copy_changes_only_the_batch_dimension(demo_bundle, tmp_pa
         dims_after = [d.dim_value or d.dim_param for d in after.type.tensor_type.shape.dim]
         assert dims_before[0] == 1 and dims_after[0] == "batch" and dims_after[1:] == dims_before[1:]
     assert [n.op_type for n in original.graph.node] == [n.op_type for n in edited.graph.node]
+
+
+@pytest.fixture(scope="module")
+def strips(demo_bundle, tmp_path_factory):
+    """Thin strips keep the latents tiny (7x103), so every order of a batch can be run: three of one latent shape
+    asking for cls+seg, cls only and seg only, and one of another shape."""
+    directory = tmp_path_factory.mktemp("strips")
+    device = DeviceStage(open_bundle(demo_bundle))
+    rows = [(30, 400, ("cls", "seg")), (30, 400, ("cls",)), (30, 400, ("seg",)), (60, 300, ("cls", "seg"))]
+    return [device.run(make_image(directory / ("%d.png" % seed), h, w, 20 + seed), tasks).payload
+            for seed, (h, w, tasks) in enumerate(rows)]
+
+
+@pytest.mark.slow
+def test_every_order_of_a_batch_gives_each_row_its_own_result(demo_bundle, strips, tmp_path):
+    """The heads' outputs are indexed by their row among those that asked: with the cls-only or seg-only payload
+    first, in the middle or last of its latent-shape group, each document must be that payload's own."""
+    import itertools
+
+    bundle = open_bundle(demo_bundle)
+    single = ServerStage(bundle, tasks=["cls", "seg"])
+    expected = [_without_timings(single.run(data).to_json()) for data in strips]
+    batched = BatchedServerStage(bundle, workdir=str(tmp_path / "batched"), tasks=["cls", "seg"])
+    assert batched.batched >= {"body", "cls", "seg"}
+    orders = list(itertools.permutations(range(len(strips))))
+    assert len(orders) == 24
+    for order in orders:
+        documents = batched.run_batch([strips[i] for i in order])
+        assert [_without_timings(d) for d in documents] == [expected[i] for i in order], order
+        assert [d["batch_size"] for d in documents] == [1 if i == 3 else 3 for i in order]
