@@ -12,6 +12,7 @@ Edge subset (the device writes payloads and builds engines): Python 3.6-clean, s
 import errno
 import os
 import shutil
+import stat
 import uuid
 from typing import Callable
 
@@ -50,10 +51,14 @@ def _fsync(path: str) -> None:
 
 
 def _fsync_tree(root: str) -> None:
+    """Fsyncs every regular file of a tree and every directory. Only regular files hold data to flush: opening a
+    device node can fail (ENODEV) and opening a FIFO blocks until a writer comes, so those, sockets and symbolic
+    links (whose target may lie anywhere) are skipped."""
     for directory, _subdirectories, files in os.walk(root):
         for name in files:
-            if not os.path.islink(os.path.join(directory, name)):
-                _fsync(os.path.join(directory, name))
+            path = os.path.join(directory, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                _fsync(path)
         _fsync(directory)
 
 

@@ -112,3 +112,25 @@ def add_version_option(parser: argparse.ArgumentParser) -> None:
     from ladon_deploy import __version__
 
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+
+
+MIN_TOKEN_BYTES = 16
+
+
+def read_token(path: Optional[str], option: str = "--token-file") -> Optional[bytes]:
+    """The shared token in a file (surrounding whitespace dropped), or None without a file. The server that checks
+    it (`ladon-serve --token-file`) and the clients that send it (`ladon-run mobile --server`, `ladon-bench live`)
+    read it here, so that a file one accepts the other accepts too."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            token = handle.read(4096).strip()
+    except OSError as exc:
+        raise UsageError("cannot read %s %s: %s" % (option, path, exc.strerror or exc))
+    if len(token) < MIN_TOKEN_BYTES:
+        raise UsageError("%s %s holds %d bytes of token; use at least %d (e.g. python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')" % (option, path, len(token), MIN_TOKEN_BYTES))
+    if any(byte < 33 or byte > 126 for byte in bytearray(token)):
+        raise UsageError("%s %s: a token is printable ASCII without spaces (one line)" % (option, path))
+    return token

@@ -126,3 +126,46 @@ def test_a_directory_is_fsynced_file_by_file_before_it_is_renamed_in(tmp_path, m
     assert {"manifest.json", os.path.join("engines", "plan.bin"), ".", "engines"} <= set(names)
     assert synced[-1] == str(tmp_path)  # the parent, after the rename
     assert _leftovers(tmp_path) == []
+
+
+SPECIAL_FILES_SCRIPT = textwrap.dedent("""
+    import json, os, socket, sys
+    from ladon_deploy import atomic
+
+    final = sys.argv[1]
+    staging = atomic.make_staging_directory(final)
+    with open(os.path.join(staging, "manifest.json"), "w") as handle:
+        handle.write("{}")
+    os.mkfifo(os.path.join(staging, "pipe"))  # opening it for reading would wait for a writer forever
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(os.path.join(staging, "socket"))
+    os.symlink("/dev/null", os.path.join(staging, "link"))
+    try:  # a character device with no driver behind it: opening it fails (ENXIO / ENODEV)
+        os.mknod(os.path.join(staging, "device"), 0o600 | 0o020000, os.makedev(240, 7))
+    except OSError:
+        pass
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        synced.append(os.path.relpath(os.readlink("/proc/self/fd/%d" % descriptor), staging))
+        real_fsync(descriptor)
+
+    atomic.os.fsync = fsync
+    atomic.replace_directory(staging, final)
+    print(json.dumps(sorted(synced)))
+""")
+
+
+def test_a_tree_with_a_fifo_a_socket_a_device_and_a_link_is_renamed_in_without_opening_them(tmp_path):
+    # In a child with a deadline: a writer that opens the FIFO blocks forever, and the deadline turns that into
+    # a failure instead of a hung test run.
+    final = tmp_path / "bundle"
+    result = subprocess.run([sys.executable, "-c", SPECIAL_FILES_SCRIPT, str(final)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    synced = result.stdout.split("\n")[-2]
+    assert "manifest.json" in synced and "pipe" not in synced and "socket" not in synced
+    assert "link" not in synced and "device" not in synced
+    assert (final / "manifest.json").read_text() == "{}"
+    assert os.path.exists(str(final / "pipe"))

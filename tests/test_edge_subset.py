@@ -10,10 +10,10 @@ import pytest
 import ladon_deploy
 
 PACKAGE = os.path.dirname(ladon_deploy.__file__)
-EDGE_PATHS = ["__init__.py", "errors.py", "cli_support.py", "atomic.py", "bundle.py", "compare.py", "device",
+EDGE_PATHS = ["__init__.py", "errors.py", "cli_support.py", "atomic.py", "bundle.py", "compare.py", "gmac.py", "device",
               "engines", "link", "runtime", "bench/__init__.py", "bench/cli.py", "bench/device_bench.py",
               "bench/device_process.py", "bench/identity.py", "bench/live.py", "bench/memory.py", "bench/power.py",
-              "bench/gmac.py", "calibration/__init__.py", "calibration/data.py", "calibration/cache.py",
+              "calibration/__init__.py", "calibration/data.py", "calibration/cache.py",
               "calibration/trt_calibrator.py"]
 FORBIDDEN = ("torch", "torchvision", "compressai", "sc2bench", "timm")
 

@@ -46,3 +46,50 @@ def test_the_python_example_runs_as_written(demo_bundle, tmp_path):
     assert finished.returncode == 0, finished.stderr
     size, top = finished.stdout.split(" ", 1)
     assert int(size) > 31 and top.startswith("[")
+
+
+def _section(text, heading):
+    """The lines of a `## heading` section, up to the next `## `."""
+    start = text.index("\n## " + heading + "\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)].strip("\n").splitlines()
+
+
+def test_the_front_page_stays_short_and_its_index_reaches_every_docs_page():
+    text = _text(README)
+    assert len(text.splitlines()) <= 300
+    index = "\n".join(_section(text, "Documentation"))
+    pages = sorted(name for name in os.listdir(DOCS) if name.endswith(".md"))
+    assert [page for page in pages if "(docs/%s)" % page not in index] == []
+    # ladon-build's detail lives in docs/engines.md; the front page keeps one example per mode and the link.
+    build = _section(text, "Engines: `ladon-build`")
+    assert len(build) <= 15 and "(docs/engines.md)" in "\n".join(build)
+    engines = _text(os.path.join(DOCS, "engines.md"))
+    for heading in ("## `ladon-build`: engines per target", "### Building engines: profiles, timing cache, parity gate",
+                    "### Running engines: `--engine`", "### TensorRT API generations", "### Engine benchmark",
+                    "## `ladon-build --check`", "## `ladon-doctor`: what runs on this machine"):
+        assert heading in engines, heading
+
+
+def test_every_dependency_in_pyproject_is_in_the_dependencies_table():
+    import tomllib
+
+    with open(os.path.join(edge_install.ROOT, "pyproject.toml"), "rb") as handle:
+        project = tomllib.load(handle)
+    wanted = list(project["project"]["dependencies"]) + list(project["build-system"]["requires"])
+    for extra in project["project"]["optional-dependencies"].values():
+        wanted += extra
+    names = {re.split(r"[\[<>=!~ ]", requirement, 1)[0].lower() for requirement in wanted}
+    table = [line.split("|")[1].lower() for line in _section(_text(README), "Dependencies and why")
+             if line.startswith("| ") and not line.startswith("| ---")]
+    listed = {word for cell in table for word in re.findall(r"[a-z0-9][a-z0-9_.-]*", cell)}
+    assert sorted(names - listed) == []
+
+
+def test_tensorrt_8_2_is_never_said_to_ship_with_plain_jetpack_4_6():
+    # JetPack 4.6 (L4T R32.6.1) has TensorRT 8.0.1, which the toolkit refuses; 8.2 came with JetPack 4.6.1.
+    pages = [README] + [os.path.join(DOCS, name) for name in os.listdir(DOCS) if name.endswith(".md")]
+    for page in pages:
+        for line in _text(page).splitlines():
+            if re.search(r"8\.2\b", line) and re.search(r"JetPack 4\.6(?![.\d])", line):
+                assert re.search(r"(plain|8\.0)", line), (page, line)

@@ -108,6 +108,9 @@ def build_subcommand_parser(command: str) -> OneLineParser:
         parser.add_argument("--engine", default="cpu", help="device engine (cpu, tensorrt, ...)")
         parser.add_argument("--repeats", type=int, default=3, help="requests per image (default 3)")
         parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+        parser.add_argument("--token-file", default=None, metavar="FILE",
+                            help="token of a server started with ladon-serve --token-file, sent as "
+                                 "'Authorization: Bearer <token>'")
         parser.add_argument("--out", required=True, help="live result file (JSON)")
     return parser
 

@@ -11,8 +11,9 @@ and once per engine, the peak memory of a separate device-only process per confi
 
 The device has no torch, so the LC models are exported beforehand on a torch machine (`ladon-bench models --out
 DIR`, which writes DIR/models.json: file, task, input size, weight bytes and GMAC of each model) and DIR is copied
-to the device (`--models DIR`). GMAC of the Ladon encoder is counted here when the `onnx` package is installed and
-reported absent otherwise.
+to the device (`--models DIR`). GMAC of the Ladon encoder is read from the bundle's manifest (ladon-export records it
+at every input shape the device can give the encoder); for a bundle exported before that, it is counted here when
+the `onnx` package is installed and reported absent otherwise.
 
 Edge subset: Python 3.6-clean, never imports torch.
 """
@@ -225,12 +226,18 @@ def split_configuration_names(bundle) -> Dict[str, str]:
 
 
 def encoder_gmac(bundle, input_shape: Sequence[int]) -> Optional[float]:
+    """The encoder's GMAC at one input shape: the figure ladon-export recorded in the manifest (the same on every
+    stack), else counted here where the `onnx` package is installed (a bundle exported before the record), else
+    None (reported as n/a)."""
+    from ladon_deploy.gmac import count_gmac, gmac_from_record
+
+    recorded = gmac_from_record(bundle.manifest["stages"]["encoder"].get("gmac"), input_shape)
+    if recorded is not None:
+        return recorded
     try:
-        import onnx  # noqa: F401  (gmac.py reads graphs with it)
+        import onnx  # noqa: F401  (count_gmac reads graphs with it)
     except ImportError:
         return None
-    from ladon_deploy.bench.gmac import count_gmac
-
     return float(count_gmac(bundle.path("encoder"), {"image": tuple(int(d) for d in input_shape)}).total_gmac)
 
 

@@ -45,7 +45,7 @@ def onnx_weight_bytes(path: str) -> int:
 def export_models(out_dir: str, quick: bool = False, progress: Optional[Progress] = None) -> Dict[str, Dict[str, Any]]:
     """Exports the LC models missing from out_dir and (re)writes its index; returns the index's models."""
     from ladon_deploy.atomic import write_file_atomically, write_text_atomically
-    from ladon_deploy.bench.gmac import count_gmac
+    from ladon_deploy.gmac import count_gmac
     from ladon_deploy.export.baselines import export_lc_model
     from ladon_deploy.export.pipeline import OPSET
     from ladon_deploy.models.baselines import LC_MODELS

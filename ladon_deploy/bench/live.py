@@ -21,7 +21,8 @@ KIND = "ladon-bench live"
 
 
 def run_live(bundle_dir: str, images: List[str], server_url: str, rate_text: str, rtt: float, engine: str = "cpu",
-             repeats: int = 3, timeout_s: float = 120.0, threads: Optional[int] = None) -> Dict[str, Any]:
+             repeats: int = 3, timeout_s: float = 120.0, threads: Optional[int] = None,
+             token: Optional[bytes] = None) -> Dict[str, Any]:
     from ladon_deploy.bench.device_bench import registry_engine
     from ladon_deploy.bench.identity import machine_identity
     from ladon_deploy.bundle import open_bundle
@@ -33,7 +34,7 @@ def run_live(bundle_dir: str, images: List[str], server_url: str, rate_text: str
     rate = link.parse_rate(rate_text)
     bundle = open_bundle(bundle_dir)
     stage = DeviceStage(bundle, engine=registry_engine(engine), threads=threads)
-    client = InferenceClient(server_url, PacedLink(rate, rtt), timeout_s=timeout_s)
+    client = InferenceClient(server_url, PacedLink(rate, rtt), timeout_s=timeout_s, token=token)
     tasks = tuple(bundle.tasks)
     requests = []  # type: List[Dict[str, Any]]
     try:
@@ -86,6 +87,7 @@ def main(args: Any) -> int:
     from ladon_deploy.atomic import check_writable_file, write_text_atomically
     from ladon_deploy.bench.cli import find_images
     from ladon_deploy.bench.device_bench import check_engine_available, generated_images
+    from ladon_deploy.cli_support import read_token
     from ladon_deploy.device import link
 
     if args.repeats < 1 or args.timeout <= 0:
@@ -94,10 +96,12 @@ def main(args: Any) -> int:
     rtt = link.parse_duration(args.rtt)
     check_engine_available(args.engine)
     check_writable_file(args.out)
+    token = read_token(args.token_file)
     scratch = tempfile.mkdtemp(prefix="ladon-bench-live-")
     try:
         images = find_images(args.images) if args.images else generated_images(scratch)
-        result = run_live(args.bundle, images, args.server, args.rate, rtt, args.engine, args.repeats, args.timeout)
+        result = run_live(args.bundle, images, args.server, args.rate, rtt, args.engine, args.repeats, args.timeout,
+                          token=token)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     write_text_atomically(args.out, json.dumps(result, indent=1) + "\n")

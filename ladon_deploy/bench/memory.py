@@ -169,6 +169,14 @@ def _megapixels(path: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _table(argv)
+    except (RuntimeError, OSError) as exc:  # a device run that failed (its own one-line error), an unreadable file
+        sys.stderr.write("ladon_deploy.bench.memory: error: %s\n" % str(exc).strip().splitlines()[-1])
+        return 2
+
+
+def _table(argv: Optional[Sequence[str]]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True, help="bundle directory")
     parser.add_argument("--image", action="append", default=[], help="image file (repeat)")

@@ -56,7 +56,8 @@ def run(rates: Sequence[str], sizes: Sequence[int], rtt_s: float, repeats: int) 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ladon_deploy.bench.pacing_bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ladon_deploy.bench.pacing_bench",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rtt", default="20ms")
     args = parser.parse_args(argv)

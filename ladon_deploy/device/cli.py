@@ -11,9 +11,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ladon_deploy.atomic import write_bytes_atomically
 from ladon_deploy.bundle import Bundle, open_bundle
-from ladon_deploy.cli_support import EXIT_USAGE, UsageError
+from ladon_deploy.cli_support import EXIT_USAGE, UsageError, read_token
 from ladon_deploy.device import link
-from ladon_deploy.device.client import InferenceClient, Reply, percentile
+from ladon_deploy.device.client import InferenceClient, Reply, UnauthorizedError, percentile
 from ladon_deploy.device.pacing import PacedLink
 from ladon_deploy.device.stage import DeviceResult, DeviceStage, parse_tasks, select_tasks
 from ladon_deploy.errors import LadonError
@@ -91,15 +91,18 @@ def _check_server_options(args) -> None:
     else:
         if args.rtt != "0":
             raise UsageError("--rtt does not apply to a frame link (--server udp://...): its timing comes from --link")
+        if getattr(args, "token_file", None) is not None:
+            raise UsageError("--token-file is for an HTTP server (ladon-serve --token-file); a frame link "
+                             "authenticates its frames with --key-file")
         for name in ("rate", "mask_out"):
             if getattr(args, name, None) is not None:
                 raise UsageError("--%s does not apply to a frame link (--server udp://...): %s" % (
                     name.replace("_", "-"), "its time on air comes from --link" if name == "rate"
                     else "a radio link carries the result document only"))
     if args.server is None:
-        for name in ("images", "rate"):
-            if getattr(args, name) is not None:
-                raise UsageError("--%s needs --server URL" % name)
+        for name in ("images", "rate", "token_file"):
+            if getattr(args, name, None) is not None:
+                raise UsageError("--%s needs --server URL" % name.replace("_", "-"))
         if args.rtt != "0":
             raise UsageError("--rtt needs --server URL (ladon-run split simulates a link without one)")
         if getattr(args, "mask_out", None):
@@ -188,6 +191,7 @@ def run_mobile_server(args) -> int:
     timeout = link.parse_duration(args.timeout)
     if timeout <= 0:
         raise UsageError("--timeout must be positive")
+    token = read_token(getattr(args, "token_file", None))
     images = [args.image] if args.image else list_images(args.images)
     bundle = open_bundle_stages(args.bundle, ["encoder", "entropy"])
     tasks = select_tasks(bundle, parse_tasks(args.tasks))
@@ -198,12 +202,15 @@ def run_mobile_server(args) -> int:
                         **image_settings(args))
     documents = []  # type: List[Dict[str, Any]]
     failures = []  # type: List[Dict[str, str]]
-    with InferenceClient(args.server, pacing, timeout_s=timeout) as client:
+    with InferenceClient(args.server, pacing, timeout_s=timeout, token=token) as client:
         for path in images:
             started = time.perf_counter()
             try:
                 sent = stage.run(path, tasks)
                 reply = client.infer(sent.payload, mask=bool(mask_out))
+            except UnauthorizedError as exc:  # the same for every image: the folder stops here
+                raise UsageError("%s (%s)" % (exc, "the token of --token-file is not this server's" if token else
+                                              "give the server's token with --token-file FILE"))
             except LadonError as exc:
                 if args.images is None:
                     raise
@@ -275,7 +282,7 @@ def run_mobile_frames(args) -> int:
         raise UsageError("--repair must be between 0 and 4 (a fraction of the data frames), got %g" % args.repair)
     if args.rounds < 1:
         raise UsageError("--rounds must be at least 1")
-    key = transport.read_key_file(args.key_file)
+    key = read_token(args.key_file, "--key-file")
     loss = parse_loss(args.loss, args.seed)
     timeout = link.parse_duration(args.timeout)
     budget = link.parse_duration(args.budget) if args.budget is not None else None
@@ -357,8 +364,9 @@ def _print_frames_document(document: Dict[str, Any]) -> None:
           % (sent["profile"], sent["region"], sent["payload_bytes"], sent["data_frames"], sent["repair_frames"],
              sent["retransmitted"], sent["frames_lost"], sent["frames_repaired"], sent["rounds"],
              "" if sent["rounds"] == 1 else "s"))
-    print("  time on air %.3f s (model, payload alone: %.3f s); wall time %.3f s measured, %.3f s modelled"
-          % (sent["airtime_s"], sent["model_airtime_s"], sent["wall_s"], sent["model_wall_s"]))
+    print("  time on air %.3f s for every frame sent (the payload's data frames alone: %.3f s); wall time %.3f s "
+          "measured to the answer, %.3f s modelled for the frames" % (sent["airtime_s"], sent["model_airtime_s"],
+                                                                      sent["wall_s"], sent["model_wall_s"]))
 
 
 def run_mobile(args) -> int:

@@ -3,7 +3,8 @@
 The request is the KServe v2 binary tensor extension in its leanest form: `Inference-Header-Content-Length: 0`
 says the body is the raw data of the model's single input, so no JSON header travels; the body is the payload
 itself. On the wire above the payload there is only the HTTP head (request line, Host, Content-Length and that
-header): about 120 bytes, reported as `overhead_bytes` (TCP/IP headers are the kernel's and are not counted).
+header, and `Authorization: Bearer <token>` for a server started with --token-file): about 120 bytes, reported as
+`overhead_bytes` (TCP/IP headers are the kernel's and are not counted).
 Triton answers in the same binary form (JSON header, then `result` as one length-prefixed BYTES element); a JSON
 answer is read as well.
 
@@ -40,6 +41,10 @@ class ServerError(LadonError):
     """The server could not be reached, refused the request or the payload, or did not answer in time."""
 
 
+class UnauthorizedError(ServerError):
+    """The server wants a token this request did not carry (HTTP 401): every further request would fail alike."""
+
+
 def parse_server_url(url: str) -> Tuple[str, int]:
     """'http://laptop:8000' -> ('laptop', 8000). Only plain HTTP: the link is the device's, TLS is not offered."""
     text = str(url).strip()
@@ -63,10 +68,14 @@ def parse_server_url(url: str) -> Tuple[str, int]:
     return host, port
 
 
-def request_head(host: str, port: int, body_length: int, model: str = MODEL, header_length: int = 0) -> bytes:
+def request_head(host: str, port: int, body_length: int, model: str = MODEL, header_length: int = 0,
+                 token: Optional[bytes] = None) -> bytes:
+    """The HTTP head of one inference request; with a token, the `Authorization: Bearer` line ladon-serve's gate
+    checks (`ladon-serve --token-file`)."""
+    authorization = b"Authorization: Bearer " + token + b"\r\n" if token else b""
     return ("POST /v2/models/%s/infer HTTP/1.1\r\nHost: %s:%d\r\nContent-Length: %d\r\n"
-            "Inference-Header-Content-Length: %d\r\n\r\n" % (model, host, port, body_length, header_length)
-            ).encode("ascii")
+            "Inference-Header-Content-Length: %d\r\n" % (model, host, port, body_length, header_length)
+            ).encode("ascii") + authorization + b"\r\n"
 
 
 def mask_request_header(payload_length: int) -> bytes:
@@ -125,8 +134,9 @@ def parse_outputs(status: int, header_length: Optional[str], body: bytes) -> Tup
             message = json.loads(body.decode("utf-8"))["error"]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             message = body[:200].decode("utf-8", "replace")
-        raise ServerError("server refused the request (HTTP %d): %s" % (status, str(message).splitlines()[0]
-                                                                       if message else ""))
+        error = UnauthorizedError if status == 401 else ServerError
+        raise error("server refused the request (HTTP %d): %s" % (status, str(message).splitlines()[0]
+                                                                 if message else ""))
     try:
         if header_length is not None and int(header_length) > 0:
             split = int(header_length)
@@ -154,8 +164,9 @@ class InferenceClient(object):
     """Sends payloads to `ladon-serve` over one kept-alive HTTP connection (re-opened when the server closed it)."""
 
     def __init__(self, url: str, link: Optional[PacedLink] = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 model: str = MODEL) -> None:
+                 model: str = MODEL, token: Optional[bytes] = None) -> None:
         self.url = url
+        self.token = token  # sent as `Authorization: Bearer <token>` (ladon-serve --token-file)
         self.host, self.port = parse_server_url(url)
         self.link = link or PacedLink()
         self.timeout_s = float(timeout_s)
@@ -179,10 +190,10 @@ class InferenceClient(object):
         if mask:
             header = mask_request_header(len(payload))
             body = header + struct.pack("<I", len(payload)) + payload
-            head = request_head(self.host, self.port, len(body), self.model, len(header))
+            head = request_head(self.host, self.port, len(body), self.model, len(header), self.token)
         else:
             header, body = b"", payload
-            head = request_head(self.host, self.port, len(payload), self.model)
+            head = request_head(self.host, self.port, len(payload), self.model, token=self.token)
         lost = ServerError("connection to %s closed before any answer (server stopped?)" % self.url)
         reused = self._connection is not None
         try:

@@ -170,6 +170,18 @@ def _declared_body_length(header: bytes, max_body: int) -> int:
     return body_length
 
 
+def bundle_id_of(data: Any) -> Optional[str]:
+    """The 8 hex digits of the bundle a payload names, read from its header without validating the rest (a server
+    of several bundles routes by it; the chosen bundle's unpack then checks everything); None when the bytes do not
+    start like a payload."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < HEADER_SIZE:
+        return None
+    data = bytes(data[:HEADER_SIZE])
+    if data[:3] != MAGIC:
+        return None
+    return data[4:8].hex()
+
+
 def unpack(data: bytes, expected_bundle_id: Optional[str] = None, max_body: int = DEFAULT_MAX_BODY,
            max_symbols: int = DEFAULT_MAX_SYMBOLS) -> Payload:
     """Parses and validates a payload; raises PayloadError (one line) on anything malformed.

@@ -21,10 +21,11 @@ from ladon_deploy.export import parity
 from ladon_deploy.bundle import (FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STAGE_FILES,
                                         bundle_id_from_hashes, sha256_of)
 from ladon_deploy.export.stages import StageSpec, stage_specs
+from ladon_deploy.gmac import record_gmac
 from ladon_deploy.models import ranked_detection
 from ladon_deploy.models.ladon import IMAGE_MEAN, IMAGE_STD, INPUT_SIZE, PAD_MULTIPLE, LadonModel
 
-# The newest opset the oldest target reads: onnxruntime 1.10.0 (the last Python 3.6 wheel, JetPack 4.6 on the Nano)
+# The newest opset the oldest target reads: onnxruntime 1.10.0 (the last Python 3.6 wheel, JetPack 4.6.1 on the Nano)
 # refuses opset 17 models, and TensorRT 8.2's parser documents opsets up to 13.
 OPSET = 13
 RESIZE_POLICIES = ("longer_side", "square")
@@ -120,6 +121,17 @@ def check_stage(spec: StageSpec, runner: OnnxRuntimeRunner, inputs: List[torch.T
     return parity.compare_dense(spec.outputs, reference, candidate)
 
 
+def encoder_input_shapes(input_size: int, resize_policy: str) -> List[List[int]]:
+    """Every shape the device feeds the encoder: `square` gives input_size x input_size; `longer_side` resizes the
+    longer side to input_size (a multiple of PAD_MULTIPLE, so padding keeps it) and pads the shorter one to a
+    multiple of PAD_MULTIPLE, in either orientation."""
+    if resize_policy == "square":
+        return [[1, 3, input_size, input_size]]
+    sides = range(PAD_MULTIPLE, input_size + 1, PAD_MULTIPLE)
+    return [[1, 3, side, input_size] for side in sides] + [[1, 3, input_size, side] for side in sides
+                                                           if side != input_size]
+
+
 def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
                   sources: Optional[Dict[str, str]] = None, resize_policy: str = "longer_side",
                   input_size: int = INPUT_SIZE, threads: Optional[int] = None, force: bool = False,
@@ -174,6 +186,14 @@ def export_bundle(model: LadonModel, out_dir: str, beta: Optional[float] = None,
                                                                 "matched_fraction", "missing", "extra", "replaced",
                                                                 "unexplained")}, check["tolerance"],
                 parity.describe_replacement(check)))
+
+        # Counted here, where onnx is at hand, so that a device without it (a Jetson) reads the figure instead.
+        progress("counting the encoder's GMAC")
+        started = time.perf_counter()
+        stages["encoder"]["gmac"] = record_gmac(os.path.join(staging, STAGE_FILES["encoder"]),
+                                                stages["encoder"]["inputs"][0]["name"],
+                                                encoder_input_shapes(input_size, resize_policy))
+        timings["gmac_encoder"] = time.perf_counter() - started
 
         entropy_path = os.path.join(staging, STAGE_FILES["entropy"])
         tables = entropy_tables(model)

@@ -21,7 +21,6 @@ Edge subset: Python 3.6-clean, standard library and numpy.
 """
 import collections
 import json
-import os
 import socket
 import struct
 import sys
@@ -39,7 +38,6 @@ from ladon_deploy.link.regions import Region
 
 MAX_DATAGRAM = 65507
 
-MAX_KEY_FILE = 4096
 
 
 class LinkError(LadonError):
@@ -58,21 +56,6 @@ def parse_frame_url(url: str) -> Tuple[str, int]:
     if not host or not 0 < number < 65536:
         raise LadonError("cannot parse frame server %r: write udp://HOST:PORT (e.g. udp://laptop:8600)" % url)
     return host, number
-
-
-def read_key_file(path: Optional[str]) -> Optional[bytes]:
-    """The shared frame-authentication key: the file's bytes, surrounding whitespace removed."""
-    if path is None:
-        return None
-    if not os.path.isfile(path):
-        raise LadonError("--key-file %s not found" % path)
-    if os.path.getsize(path) > MAX_KEY_FILE:
-        raise LadonError("--key-file %s is larger than a key (%d bytes at most)" % (path, MAX_KEY_FILE))
-    with open(path, "rb") as handle:
-        key = handle.read().strip()
-    if len(key) < 16:
-        raise LadonError("--key-file %s holds %d bytes; a shared key needs at least 16" % (path, len(key)))
-    return key
 
 
 def bind_frame_socket(host: str, port: int) -> socket.socket:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ladon_deploy.atomic import check_writable_file
 from ladon_deploy.bundle import TASK_HEADS, open_bundle
-from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, run_command
+from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, read_token, run_command
 from ladon_deploy.device import link, preprocess, wire
 from ladon_deploy.device.cli import (image_settings, open_bundle_stages, print_notes, print_results, print_timings,
                                      run_mobile, timings_ms)
@@ -86,6 +86,9 @@ def build_parser() -> OneLineParser:
                         help="with --server: pace the upload to this link rate (37.5kbps, 100kbps, 1Mbps)")
     mobile.add_argument("--rtt", default="0", help="with --server: round-trip time the link adds: 20ms, 0.1s, 0")
     mobile.add_argument("--timeout", default="60s", help="with --server: give up on an answer after this long")
+    mobile.add_argument("--token-file", default=None, metavar="FILE",
+                        help="with --server http://...: send the token in FILE as 'Authorization: Bearer <token>' "
+                             "(for a server started with ladon-serve --token-file)")
     mobile.add_argument("--mask-out", default=None, metavar="PNG",
                         help="with --server and --image: ask the server for the segmentation mask too and write it "
                              "as the paletted PNG `split --mask-out` writes (needs the seg task)")
@@ -214,7 +217,7 @@ def run_server_frames(args) -> int:
 
     if args.mask_out:
         raise UsageError("--mask-out does not apply to --frames-port: a radio link carries the result document only")
-    key = transport.read_key_file(args.key_file)
+    key = read_token(args.key_file, "--key-file")
     wait = link.parse_duration(args.wait)
     sock = transport.bind_frame_socket(args.frames_host, args.frames_port)  # a taken port fails before any work
     bundle = open_bundle(args.bundle, verify=False)

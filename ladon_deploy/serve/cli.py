@@ -1,6 +1,7 @@
 """`ladon-serve`: the server half of the split on Triton Inference Server (nvidia-pytriton's tritonserver).
 
     ladon-serve --bundle B --port 8000 [--engine onnxruntime] [--max-batch 8] [--max-queue-delay-ms 5]
+    ladon-serve --bundle B1 --bundle B2 --port 8000 --frames-port 8600    # several betas; radio frames over UDP too
 
 Every port is checked before Triton starts and start-up is watched, so a taken port is one line and exit 2 within
 seconds (ladon_deploy/serve/listeners.py). Prints its URLs when ready; Ctrl-C or SIGTERM, also during start-up,
@@ -17,7 +18,7 @@ import tempfile
 import threading
 from typing import List, Optional, Sequence
 
-from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, run_command
+from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, read_token, run_command
 from ladon_deploy.device.cli import open_bundle_stages
 from ladon_deploy.device.stage import parse_tasks, select_tasks
 from ladon_deploy.engines.registry import ENGINES
@@ -34,7 +35,9 @@ STARTUP_TIMEOUT_S = 600.0
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Serve a Ladon bundle's server half (decode, body, heads) on Triton "
                                        "Inference Server: model 'ladon', BYTES 'payload' in, JSON 'result' out.")
-    parser.add_argument("--bundle", default=None, help="bundle directory written by ladon-export")
+    parser.add_argument("--bundle", dest="bundles", action="append", default=None,
+                        help="bundle directory written by ladon-export; repeat it to serve bundles of one "
+                             "architecture at several betas (each payload names its bundle)")
     parser.add_argument("--model-repository", default=None, metavar="DIR",
                         help="instead of --bundle: a Triton model repository written by ladon-build --target triton "
                              "(--backend python here), served by the tritonserver bundled in nvidia-pytriton")
@@ -63,25 +66,13 @@ def build_parser() -> OneLineParser:
                         help="require 'Authorization: Bearer <token>' on every HTTP request but the health checks "
                              "(401 without it), the token being this file's content; gRPC and metrics then listen "
                              "on 127.0.0.1 only. TLS: put a reverse proxy in front (see docs/serve.md)")
+    parser.add_argument("--frames-port", type=int, default=None, metavar="PORT",
+                        help="also receive payloads as radio frames on this UDP port (ladon-run mobile --server "
+                             "udp://HOST:PORT --link PROFILE), on --host")
+    parser.add_argument("--key-file", default=None, metavar="FILE",
+                        help="with --frames-port: shared key that authenticates every frame (HMAC-SHA256)")
     add_version_option(parser)
     return parser
-
-
-def read_token(path: Optional[str]) -> Optional[bytes]:
-    """The shared token of --token-file (surrounding whitespace dropped), or None without one."""
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as handle:
-            token = handle.read(4096).strip()
-    except OSError as exc:
-        raise UsageError("cannot read --token-file %s: %s" % (path, exc.strerror or exc))
-    if len(token) < 16:
-        raise UsageError("--token-file %s holds %d bytes of token; use at least 16 (e.g. "
-                         "python -c 'import secrets; print(secrets.token_urlsafe(32))')" % (path, len(token)))
-    if any(byte < 33 or byte > 126 for byte in token):
-        raise UsageError("--token-file %s: a token is printable ASCII without spaces (one line)" % path)
-    return token
 
 
 def quiet_pytriton() -> None:
@@ -164,8 +155,14 @@ def check_serving_stack() -> None:
 
 
 def _validate(args) -> None:
-    if (args.bundle is None) == (args.model_repository is None):
+    if (args.bundles is None) == (args.model_repository is None):
         raise UsageError("give one of --bundle B or --model-repository DIR")
+    if args.model_repository is not None and (args.frames_port is not None or args.key_file is not None):
+        raise UsageError("--frames-port and --key-file serve bundles (--bundle), not a model repository")
+    if args.key_file is not None and args.frames_port is None:
+        raise UsageError("--key-file authenticates frames: it needs --frames-port")
+    if args.frames_port is not None and not 0 < args.frames_port < 65536:
+        raise UsageError("--frames-port must be a UDP port (1-65535), got %d" % args.frames_port)
     if args.engine not in ENGINES:
         raise UsageError("unknown --engine %r (known: %s)" % (args.engine, ", ".join(ENGINES)))
     for name in ("port", "grpc_port", "metrics_port"):
@@ -188,8 +185,12 @@ def _validate(args) -> None:
                          "--grpc-port and --metrics-port" % args.port)
 
 
+def _shown_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
 def _urls(args, grpc_port: int, metrics_port: int) -> List[str]:
-    shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    shown = _shown_host(args.host)
     side = "127.0.0.1" if args.token_file else shown
     base = "http://%s:%d" % (shown, args.port)
     return ["inference (KServe v2, HTTP): %s/v2/models/ladon/infer%s" % (base, " (token required)" if
@@ -223,7 +224,7 @@ class StartupStopped(Exception):
 
 def serve(args, stop: threading.Event) -> int:
     from ladon_deploy.serve.gate import free_port, open_gate
-    from ladon_deploy.serve.server import BatchedServerStage, ServeSettings, start_triton
+    from ladon_deploy.serve.server import BatchedServerStage, BundleDispatch, ServeSettings, start_triton
 
     check_serving_stack()
     quiet_pytriton()
@@ -231,15 +232,25 @@ def serve(args, stop: threading.Event) -> int:
     grpc_port = args.grpc_port or args.port + 1
     metrics_port = args.metrics_port or args.port + 2
     side_host = "127.0.0.1" if token else args.host
-    bundle = open_bundle_stages(args.bundle, ["entropy", "body"])
-    tasks = select_tasks(bundle, parse_tasks(args.tasks))
-    bundle.verify(["head_" + t for t in tasks])
+    bundles = []
+    for directory in args.bundles:
+        bundle = open_bundle_stages(directory, ["entropy", "body"])
+        tasks = select_tasks(bundle, parse_tasks(args.tasks))
+        bundle.verify(["head_" + t for t in tasks])
+        bundles.append((bundle, tasks))
     triton_port = free_port()
     planned = listeners.planned_listeners(args.host, args.port, grpc_port, metrics_port, triton_port, side_host)
     listeners.check_listeners(planned)
+    frames_socket = None
+    if args.frames_port is not None:
+        from ladon_deploy.link import transport
+
+        frame_key = read_token(args.key_file, "--key-file")
+        frames_socket = transport.bind_frame_socket(args.host, args.frames_port)
     gate = open_gate(args.host, args.port, args.max_request_bytes, args.idle_timeout_s, args.request_timeout_s + 60.0,
                      token)
-    triton = stage = None
+    triton = stage = receiver_thread = None
+    receiver_stop = threading.Event()
     gate_running = False
     remove_stale_workdirs()
     with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
@@ -249,9 +260,10 @@ def serve(args, stop: threading.Event) -> int:
         watch = PyTritonWatch(log_path, triton_port, stop,
                               "ports %s" % ", ".join(str(port) for _, _, port in planned[1:]))
         try:
-            stage = BatchedServerStage(bundle, engine=args.engine, threads=args.threads, tasks=tasks,
-                                       workdir=os.path.join(workdir, "batched"),
-                                       max_payload_bytes=args.max_request_bytes)
+            stage = BundleDispatch([BatchedServerStage(
+                bundle, engine=args.engine, threads=args.threads, tasks=tasks,
+                workdir=os.path.join(workdir, "batched", bundle.bundle_id[:8]),
+                max_payload_bytes=args.max_request_bytes) for bundle, tasks in bundles])
             if stop.is_set():
                 raise StartupStopped()
             settings = ServeSettings(side_host, triton_port, grpc_port, metrics_port, args.max_batch,
@@ -264,10 +276,21 @@ def serve(args, stop: threading.Event) -> int:
             gate.upstream = ("127.0.0.1", triton_port)
             gate.start()
             gate_running = True
-            print("%s: serving bundle %s (%s) with %s, max batch %d" % (
-                PROG, bundle.bundle_id, ",".join(tasks), args.engine, args.max_batch))
+            if frames_socket is not None:
+                receiver = transport.FrameReceiver(stage.answer, key=frame_key,
+                                                   log=lambda line: print("%s: %s" % (PROG, line), flush=True))
+                receiver_thread = threading.Thread(target=receiver.serve, args=(frames_socket, receiver_stop),
+                                                   name="ladon-serve-frames")
+                receiver_thread.daemon = True
+                receiver_thread.start()
+            for bundle, tasks in bundles:
+                print("%s: serving bundle %s (%s) with %s, max batch %d" % (
+                    PROG, bundle.bundle_id, ",".join(tasks), args.engine, args.max_batch))
             for line in _urls(args, grpc_port, metrics_port):
                 print("  " + line)
+            if frames_socket is not None:
+                print("  radio frames (UDP%s): udp://%s:%d" % (", authenticated" if frame_key else "",
+                                                              _shown_host(args.host), args.frames_port))
             print("%s: ready (Ctrl-C or SIGTERM stops it)" % PROG, flush=True)
             while not stop.wait(HEALTH_PERIOD_S):
                 if not triton.is_alive():
@@ -276,6 +299,11 @@ def serve(args, stop: threading.Event) -> int:
             print("%s: stopped before it was ready" % PROG, flush=True)
             return 0
         finally:
+            receiver_stop.set()
+            if receiver_thread is not None:
+                receiver_thread.join(timeout=10)
+            if frames_socket is not None:
+                frames_socket.close()
             if gate_running:
                 gate.stop()
             else:

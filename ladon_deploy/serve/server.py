@@ -222,6 +222,56 @@ class BatchedServerStage:
         self.stage.close()
 
 
+class BundleDispatch:
+    """Several bundles behind the one model: each payload goes to the bundle whose id its header names (bundles of
+    one architecture at several betas, among which the device chooses per image), so a dynamic batch is grouped by
+    bundle and then, inside each bundle, by latent shape."""
+
+    def __init__(self, stages: Sequence[BatchedServerStage]) -> None:
+        self.stages: Dict[str, BatchedServerStage] = {}
+        for stage in stages:
+            short = stage.bundle.bundle_id[:8]
+            if short in self.stages:
+                raise LadonError("bundle %s is given twice" % stage.bundle.bundle_id)
+            self.stages[short] = stage
+
+    def run_rows(self, payloads: Sequence[Any], top_k: int = 5, mask_rows: Sequence[int] = ()
+                 ) -> Tuple[List[Dict[str, Any]], List[bytes]]:
+        """BatchedServerStage.run_rows over every bundle: documents and masks in the order of the payloads."""
+        if len(self.stages) == 1:
+            # One bundle: its own unpack names the bundle a payload was made for, as a single-bundle server always has.
+            return next(iter(self.stages.values())).run_rows(payloads, top_k, mask_rows)
+        documents: List[Dict[str, Any]] = [{}] * len(payloads)
+        masks = [b""] * len(payloads)
+        routed: Dict[str, List[int]] = {}
+        for index, data in enumerate(payloads):
+            short = wire.bundle_id_of(data)
+            if short in self.stages:
+                routed.setdefault(short, []).append(index)
+            else:
+                documents[index] = error_document(PayloadError(
+                    "payload was made for bundle %s; this server serves bundles %s" % (
+                        short or "(none: not a payload)", ", ".join(self.stages))))
+        for short, rows in routed.items():
+            wanted = set(mask_rows)
+            answers, row_masks = self.stages[short].run_rows([payloads[i] for i in rows], top_k,
+                                                             [k for k, i in enumerate(rows) if i in wanted])
+            for k, i in enumerate(rows):
+                documents[i], masks[i] = answers[k], row_masks[k]
+        return documents, masks
+
+    def answer(self, payload: bytes) -> Dict[str, Any]:
+        """One payload's document; a refused payload raises PayloadError (the frame receiver's handler)."""
+        document = self.run_rows([payload])[0][0]
+        if "error" in document:
+            raise PayloadError(document["error"])
+        return document
+
+    def close(self) -> None:
+        for stage in self.stages.values():
+            stage.close()
+
+
 def error_document(exc: BaseException) -> Dict[str, Any]:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return {"error": message, "error_type": type(exc).__name__}
@@ -249,7 +299,7 @@ def encode_masks(masks: Sequence[bytes]) -> np.ndarray:
     return column
 
 
-def make_infer_function(stage: BatchedServerStage):
+def make_infer_function(stage: "BatchedServerStage | BundleDispatch"):
     """The PyTriton callable: a list of requests (each [rows, 1] payloads) -> a list of {"result": [rows, 1]}, plus
     "mask": [rows, 1] for the requests that ask for it."""
 
@@ -292,7 +342,7 @@ class ServeSettings:
         self.request_timeout_s = float(request_timeout_s)
 
 
-def start_triton(stage: BatchedServerStage, settings: ServeSettings, workspace: str, log_path: str,
+def start_triton(stage: "BatchedServerStage | BundleDispatch", settings: ServeSettings, workspace: str, log_path: str,
                  on_created: Optional[Callable[[Any], None]] = None):
     """Starts tritonserver (PyTriton's bundled one) serving `ladon`; returns the running pytriton Triton object.
     on_created(triton) is called before it starts, so that a caller can watch the start-up.

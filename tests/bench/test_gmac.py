@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from ladon_deploy.bench.gmac import FOLDED_BN, count_gmac
+from ladon_deploy.gmac import FOLDED_BN, count_gmac
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17):

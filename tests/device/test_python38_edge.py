@@ -59,6 +59,17 @@ def test_container_file_set_runs_on_python38_with_identical_payload(demo_bundle,
     imported = _run38(["-c", IMPORT_ALL, edge], edge, tmp_path)
     assert imported.returncode == 0, imported.stderr
     assert int(imported.stdout) >= 10  # the whole copied file set imports without torch or the server half
+    # The device bench's encoder GMAC, from the container's file set without onnx: the figure ladon-export recorded
+    # in the manifest, equal to what ladon_deploy.gmac counts here (not n/a).
+    from ladon_deploy.gmac import count_gmac
+
+    gmac = _run38(["-c", "import sys; from ladon_deploy.bench.device_bench import encoder_gmac; "
+                         "from ladon_deploy.bundle import open_bundle; "
+                         "print(repr(encoder_gmac(open_bundle(sys.argv[1]), [1, 3, 288, 416])))", demo_bundle],
+                  edge, tmp_path)
+    assert gmac.returncode == 0, gmac.stderr
+    assert float(gmac.stdout) == count_gmac(os.path.join(demo_bundle, "encoder.onnx"),
+                                            {"image": (1, 3, 288, 416)}).total_gmac
 
     image = make_image(tmp_path / "street.png", 333, 500, 38)
     edge_payload = tmp_path / "edge.ldn"

@@ -2,7 +2,7 @@
 import onnx
 import pytest
 
-from ladon_deploy.bench.gmac import count_gmac
+from ladon_deploy.gmac import count_gmac
 from ladon_deploy.export.baselines import export_lc_model
 
 CLASSIFIERS = ["mnasnet0_5", "mnasnet1_3", "mobilenet_v2", "mobilenet_v3_large"]

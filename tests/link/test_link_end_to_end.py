@@ -148,7 +148,7 @@ def test_frame_options_are_checked_up_front(demo_bundle, photo, capsys):
             (["--out", "x.ldn", "--loss", "0.1"], "--loss needs --server udp://"),
             (["--server", "udp://127.0.0.1:9", "--rate", "1kbps"] + LINK, "--rate does not apply"),
             (["--server", "udp://127.0.0.1:9", "--loss", "2"] + LINK, "loss must be in [0, 1)"),
-            (["--server", "udp://127.0.0.1:9", "--key-file", "/nonexistent"] + LINK, "not found"),
+            (["--server", "udp://127.0.0.1:9", "--key-file", "/nonexistent"] + LINK, "cannot read --key-file"),
             (["--bundle", demo_bundle, "--server", "udp://127.0.0.1:9"] + LINK, "need --budget")):
         code, out, err = run(["mobile", "--bundle", demo_bundle, "--image", photo] + argv, capsys)
         one_line_error(code, err, message)

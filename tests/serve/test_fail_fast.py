@@ -165,8 +165,41 @@ def _post(url, data, token=None):
         return error.code, error.read()
 
 
+def _device_commands_send_the_token(url, bundle, tmp_path, token_file, capsys):
+    """`ladon-run mobile --server` and `ladon-bench live` with --token-file are answered; without it, one line
+    about the 401 and exit 2."""
+    from ladon_deploy.bench import cli as bench_cli
+    from ladon_deploy.runtime import cli as run_cli
+
+    def run(command, argv):
+        capsys.readouterr()
+        code = run_command(command.PROG, command.main, argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    mobile = ["mobile", "--bundle", bundle, "--image", str(tmp_path / "photo.png"), "--server", url, "--json"]
+    code, out, err = run(run_cli, mobile + ["--token-file", token_file])
+    assert code == 0 and json.loads(out)["bundle_id"], err
+    code, out, err = run(run_cli, mobile)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "HTTP 401" in err and "--token-file" in err
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-the-servers-token-0123456789\n")
+    code, out, err = run(run_cli, mobile + ["--token-file", str(wrong)])
+    assert code == 2 and "HTTP 401" in err and "is not this server's" in err, err
+
+    (tmp_path / "images").mkdir()
+    os.link(str(tmp_path / "photo.png"), str(tmp_path / "images" / "photo.png"))
+    live = ["live", "--bundle", bundle, "--images", str(tmp_path / "images"), "--server", url, "--repeats", "1",
+            "--rate", "100Mbps"]
+    code, out, err = run(bench_cli, live + ["--out", str(tmp_path / "live.json"), "--token-file", token_file])
+    assert code == 0 and (tmp_path / "live.json").exists(), err
+    code, out, err = run(bench_cli, live + ["--out", str(tmp_path / "refused.json")])
+    assert code == 2 and "HTTP 401" in err and not (tmp_path / "refused.json").exists(), err
+
+
 @pytest.mark.slow
-def test_token_server_answers_refused_payloads_per_request(demo_bundle, tmp_path):
+def test_token_server_answers_refused_payloads_per_request(demo_bundle, tmp_path, capsys):
     import numpy as np
     import tritonclient.grpc as triton_grpc
 
@@ -194,6 +227,7 @@ def test_token_server_answers_refused_payloads_per_request(demo_bundle, tmp_path
         tensor.set_data_from_numpy(np.array([[b"not a payload"]], dtype=np.object_))
         document = json.loads(client.infer("ladon", [tensor]).as_numpy("result")[0, 0])
         assert "payload is truncated" in document["error"]
+        _device_commands_send_the_token(server.url, demo_bundle, tmp_path, str(token_file), capsys)
         server.stop()
     with open(log) as handle:
         text = handle.read()

@@ -67,6 +67,10 @@ Data-dependent shapes (Faster R-CNN's box head and predictor run on however many
   output, and count with the observed shapes: exact for that input, like fvcore, which counts one traced run.
   It holds all intermediates in memory at once.
 
+Bundles. ``ladon-export`` counts the encoder once with :func:`record_gmac` and writes the record into the manifest
+(``stages.encoder.gmac``), so that the device bench reads the figure with :func:`gmac_from_record` on a Jetson,
+which has no ``onnx`` package. Every function imports ``onnx`` only when called: this module is in the edge subset.
+
 Nodes inside control-flow subgraphs (If / Loop / Scan bodies) are never counted and always listed in
 ``uncounted`` (none in the models here).
 """
@@ -74,8 +78,10 @@ Nodes inside control-flow subgraphs (If / Loop / Scan bodies) are never counted 
 import copy
 import os
 from collections import OrderedDict
+from typing import Any, Dict, Optional, Sequence
 
-__all__ = ["GmacReport", "UncountedNode", "count_gmac", "MAC_OPS", "FVCORE_ELEMENTWISE_OPS"]
+__all__ = ["GmacReport", "UncountedNode", "count_gmac", "record_gmac", "gmac_from_record", "MAC_OPS",
+           "FVCORE_ELEMENTWISE_OPS"]
 
 MAC_OPS = ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger",
            "QLinearMatMul", "Einsum")
@@ -707,3 +713,31 @@ def count_gmac(model, input_shapes=None, convention="fvcore", resolve="static", 
         merged.update(observed)
         report = run(merged, "onnxruntime")
     return report
+
+
+
+def shape_key(shape: Sequence[int]) -> str:
+    """[1, 3, 416, 416] -> "1x3x416x416", the key of a shape in a :func:`record_gmac` record."""
+    return "x".join(str(int(d)) for d in shape)
+
+
+def record_gmac(model, input_name: str, shapes: Sequence[Sequence[int]]) -> Dict[str, Any]:
+    """What a bundle's manifest records of a stage's cost, counted once where `onnx` is at hand (at export), so that
+    a device without it (a Jetson) never counts: the MACs (fvcore's convention) at each input shape the stage can
+    be given. A table, not a per-pixel rate: a convolution without padding (the encoder's last, 2x2) does not
+    scale with the pixel count."""
+    macs = OrderedDict()  # type: Dict[str, int]
+    for shape in shapes:
+        report = count_gmac(model, {input_name: tuple(int(d) for d in shape)})
+        if not report.complete:
+            raise ValueError("the GMAC of %s at %s is not fully countable: %r" % (input_name, list(shape),
+                                                                                  report.uncounted[0]))
+        macs[shape_key(shape)] = report.total_macs
+    return {"convention": "fvcore", "input": input_name, "macs_by_input_shape": macs}
+
+
+def gmac_from_record(record: Optional[Dict[str, Any]], input_shape: Sequence[int]) -> Optional[float]:
+    """The GMAC a :func:`record_gmac` record holds for one input shape; None where it holds none (a bundle
+    exported before the record existed, or a shape it was not counted at)."""
+    macs = (record or {}).get("macs_by_input_shape", {}).get(shape_key(input_shape))
+    return None if macs is None else macs / 1e9
