@@ -327,7 +327,7 @@ def run_mobile_frames(args) -> int:
         except LadonError as exc:
             if args.images is None:
                 raise
-            failures.append({"image": path, "error": str(exc).splitlines()[0]})
+            failures.append(_failure(path, exc))
             sys.stderr.write("%s: error: %s\n" % (os.path.basename(path), failures[-1]["error"]))
             continue
         device = sent[chosen.name]

@@ -3,6 +3,7 @@
 bundles with --budget choose per image."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,3 +160,22 @@ def test_frame_options_are_checked_up_front(demo_bundle, photo, capsys):
         code, out, err = run(["server", "--bundle", demo_bundle, "--frames-port", str(taken.getsockname()[1])],
                              capsys)
         one_line_error(code, err, "cannot receive frames")
+
+
+@pytest.mark.slow
+def test_a_bad_file_in_a_folder_is_named_and_the_frames_go_on(demo_bundle, photo, split_result, tmp_path, capsys):
+    folder = tmp_path / "stream"
+    folder.mkdir()
+    (folder / "a-broken.jpg").write_text("not an image")
+    shutil.copy(photo, str(folder / "b-street.png"))
+    server = FrameServer(demo_bundle)
+    _wait_until_listening(server)
+    code, out, err = run(["mobile", "--bundle", demo_bundle, "--images", str(folder), "--server",
+                          "udp://127.0.0.1:%d" % server.port, "--json"] + LINK, capsys)
+    server.result()
+    assert code == 2
+    document = json.loads(out)
+    assert [os.path.basename(d["image"]) for d in document["images"]] == ["b-street.png"]
+    assert document["images"][0]["classification"] == split_result["classification"]
+    assert [os.path.basename(f["image"]) for f in document["failed"]] == ["a-broken.jpg"]
+    assert "a-broken.jpg: error: not a readable image" in err and "1 of 2 images failed" in err
