@@ -153,6 +153,18 @@ def test_tasks_as_a_string_or_a_list(workdir):
         Device(bundle, tasks="cls,depth")
 
 
+def test_the_server_stage_takes_tasks_as_a_string_too(workdir):
+    from ladon_deploy import Device
+    from ladon_deploy.bundle import open_bundle
+    from ladon_deploy.server.stage import ServerStage
+
+    bundle = str(workdir / "demo-bundle")
+    payload = Device(bundle, tasks="cls,seg").run(str(workdir / "street.png")).payload
+    stage = ServerStage(open_bundle(bundle), tasks=("cls", "seg"))
+    assert set(stage.run(payload, "cls").outputs) == {"cls"}          # one task, not the letters c, l, s
+    assert set(stage.run(payload, ["seg"]).outputs) == {"seg"}
+
+
 IMPORT_CHECK = """
 import sys
 import ladon_deploy

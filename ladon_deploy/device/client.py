@@ -23,7 +23,7 @@ import json
 import socket
 import struct
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ladon_deploy.device.pacing import PacedLink
 from ladon_deploy.errors import LadonError
@@ -106,24 +106,32 @@ class Reply(object):
         return self.payload_bytes + self.overhead_bytes
 
 
-def _outputs(header: Dict[str, Any], rest: bytes) -> Dict[str, bytes]:
-    """Each output's first BYTES element, from the binary section (length-prefixed) or from the JSON `data`."""
-    found = {}  # type: Dict[str, bytes]
+def output_elements(header: Dict[str, Any], rest: bytes) -> Dict[str, List[bytes]]:
+    """Every BYTES element of each output of a KServe v2 answer, from the binary section (each element a 4-byte
+    little-endian length and its bytes) or from the JSON `data`. The device reads the first; the gate in front of
+    Triton reads every row of a batched request."""
+    found = {}  # type: Dict[str, List[bytes]]
     offset = 0
     for output in header.get("outputs", []):
-        name = output.get("name")
         parameters = output.get("parameters", {})
         if "binary_data_size" in parameters:
             size = int(parameters["binary_data_size"])
-            element = rest[offset:offset + size]
+            chunk, elements, position = rest[offset:offset + size], [], 0
             offset += size
-            if len(element) >= 4:
-                (length,) = struct.unpack_from("<I", element, 0)
-                found[name] = element[4:4 + length]
-        elif output.get("data"):
-            value = output["data"][0]
-            found[name] = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+            while position + 4 <= len(chunk):
+                (length,) = struct.unpack_from("<I", chunk, position)
+                elements.append(chunk[position + 4:position + 4 + length])
+                position += 4 + length
+        else:
+            elements = [value.encode("utf-8") if isinstance(value, str) else bytes(value)
+                        for value in output.get("data", [])]
+        found[output.get("name")] = elements
     return found
+
+
+def _outputs(header: Dict[str, Any], rest: bytes) -> Dict[str, bytes]:
+    """Each output's first element."""
+    return {name: elements[0] for name, elements in output_elements(header, rest).items() if elements}
 
 
 def parse_outputs(status: int, header_length: Optional[str], body: bytes) -> Tuple[Dict[str, Any], Dict[str, bytes]]:

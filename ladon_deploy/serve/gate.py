@@ -23,8 +23,9 @@ import socket
 import struct
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Optional, Tuple
 
+from ladon_deploy.device.client import output_elements
 from ladon_deploy.errors import LadonError
 
 _DRAIN_LIMIT = 1 << 20
@@ -37,32 +38,11 @@ RESULT_OUTPUT = "result"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def _result_rows(header: Dict[str, Any], rest: bytes) -> List[bytes]:
-    """The `result` output's elements, from the JSON `data` or the binary section (each a 4-byte length + bytes)."""
-    offset = 0
-    for output in header.get("outputs", []):
-        size = output.get("parameters", {}).get("binary_data_size")
-        if output.get("name") != RESULT_OUTPUT:
-            offset += int(size or 0)
-            continue
-        if size is None:
-            return [value.encode("utf-8") if isinstance(value, str) else bytes(value)
-                    for value in output.get("data", [])]
-        chunk, rows = rest[offset:offset + int(size)], []
-        position = 0
-        while position + 4 <= len(chunk):
-            (length,) = struct.unpack_from("<I", chunk, position)
-            rows.append(chunk[position + 4:position + 4 + length])
-            position += 4 + length
-        return rows
-    return []
-
-
 def refused_payload_error(header_length: Optional[str], body: bytes) -> Optional[str]:
     """The error of an inference answer whose every `result` row is an error document, else None."""
     try:
         split = int(header_length) if header_length else len(body)
-        rows = _result_rows(json.loads(body[:split].decode("utf-8")), body[split:])
+        rows = output_elements(json.loads(body[:split].decode("utf-8")), body[split:]).get(RESULT_OUTPUT, [])
         documents = [json.loads(row.decode("utf-8")) for row in rows]
     except (ValueError, UnicodeDecodeError, struct.error, AttributeError, TypeError):
         return None  # not a document this gate understands: relayed as it is

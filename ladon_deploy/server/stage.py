@@ -10,7 +10,7 @@ import numpy as np
 from ladon_deploy.bundle import TASK_HEADS, TASKS, Bundle
 from ladon_deploy.device import wire
 from ladon_deploy.device.entropy import EntropyCoder
-from ladon_deploy.device.stage import Clock, select_tasks
+from ladon_deploy.device.stage import Clock, parse_tasks, select_tasks
 from ladon_deploy.engines.base import Runner
 from ladon_deploy.engines.registry import open_stage_runner
 from ladon_deploy.errors import LadonError, PayloadError
@@ -122,7 +122,7 @@ class ServerStage:
         clock = Clock()
         payload = self.unpack(data)
         clock.lap("unframe")
-        wanted = list(tasks or payload.tasks)
+        wanted = list(parse_tasks(tasks) if isinstance(tasks, str) else tasks or payload.tasks)
         unknown = [t for t in wanted if t not in TASKS]
         if unknown:
             raise LadonError("unknown task %s (known: %s)" % (",".join(map(str, unknown)), ",".join(TASKS)))
