@@ -292,10 +292,9 @@ def run_mobile_frames(args) -> int:
     accuracy = _eval_accuracies(args.accuracy or [])
     stages, candidates = {}, []
     for directory in bundle_dirs:
-        bundle = open_bundle(directory)
+        bundle = open_bundle_stages(directory, ["encoder", "entropy"])  # the device verifies only what it loads
         stage = DeviceStage(bundle, engine=args.engine, threads=args.threads, precision=args.precision,
-                            exif_transpose=args.exif_transpose, max_pixels=int(args.max_megapixels * 1e6),
-                            fast_decode=getattr(args, "fast_decode", False))
+                            **image_settings(args))
         stages[directory] = (stage, select_tasks(bundle, parse_tasks(args.tasks)))
         candidates.append(operating_point.Candidate(directory, bundle.bundle_id, bundle.manifest.get("beta"),
                                                     accuracy.get(bundle.bundle_id)))

@@ -23,6 +23,8 @@ import math
 import struct
 from typing import Dict, List, NamedTuple, Optional
 
+import numpy
+
 from ladon_deploy.link import erasure
 
 VERSION = 1
@@ -109,8 +111,7 @@ def repair_frames(payload: bytes, payload_id: int, data_frames: int, first_index
     return frames
 
 
-def _data_matrix(payload: bytes, data_frames: int, size: int):
-    import numpy
+def _data_matrix(payload: bytes, data_frames: int, size: int) -> numpy.ndarray:
     padded = payload.ljust(data_frames * size, b"\0")
     return numpy.frombuffer(padded, dtype=numpy.uint8).reshape(data_frames, size)
 
