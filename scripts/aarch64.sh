@@ -3,7 +3,7 @@
 # cores) with the edge subset and the device's pinned stack from aarch64 wheels; see docs/aarch64.md.
 #
 #   scripts/aarch64.sh -- python -c "import platform; print(platform.machine())"     # aarch64
-#   scripts/aarch64.sh -- python -m ladon_deploy.runtime.cli mobile --bundle B --image x.jpg --out x.ldn
+#   scripts/aarch64.sh -- python -m ladon_deploy.runtime mobile --bundle B --image x.jpg --out x.ldn
 #   scripts/aarch64.sh --build                                                       # build the cache only, timed
 #
 # The first call builds the environment (as root: debootstrap) under LADON_AARCH64_CACHE (default .cache/aarch64);

@@ -12,27 +12,29 @@ torch: a device would not.
 """
 import argparse
 import sys
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
-import numpy as np
-
-from ladon_deploy.device import preprocess
-
-LC_IMAGENET_MEAN = preprocess.IMAGENET_MEAN
-LC_IMAGENET_STD = preprocess.IMAGENET_STD
+# numpy and the device modules are imported by the functions that use them: `mobile` must start the way the
+# `ladon-run` console script does, before numpy (ladon_deploy/runtime/__init__.py).
+if TYPE_CHECKING:
+    import numpy as np
 
 
-def lc_input(rgb: np.ndarray, task: str, shape: Sequence[int]) -> np.ndarray:
+def lc_input(rgb: "np.ndarray", task: str, shape: Sequence[int]) -> "np.ndarray":
     """The input an LC model's exported graph takes, from an RGB uint8 image (resize to the graph's static size).
 
     Classifiers and segmenters take an ImageNet-normalised [1,3,H,W] tensor; detectors take the [3,H,W] image in
     [0,1] and normalise and resize it inside the graph.
     """
+    import numpy as np
+
+    from ladon_deploy.device import preprocess
+
     height, width = int(shape[-2]), int(shape[-1])
     chw = rgb.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
     if task != "detection":
-        mean = np.asarray(LC_IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
-        std = np.asarray(LC_IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+        mean = np.asarray(preprocess.IMAGENET_MEAN, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(preprocess.IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
         chw = (chw - mean) / std
     if chw.shape[1:] != (height, width):
         chw = preprocess.resize_bilinear(chw, height, width)
@@ -54,6 +56,9 @@ def run_ladon(bundle_dir: str, image: str, copies: int, threads: Optional[int], 
 
 def run_lc(models: List[str], image: str, threads: Optional[int], engine: str = "onnxruntime",
            cache_dir: Optional[str] = None) -> int:
+    import numpy as np
+
+    from ladon_deploy.device import preprocess
     from ladon_deploy.engines.registry import open_runner
 
     rgb = np.asarray(preprocess.load_image(image))
@@ -78,12 +83,11 @@ class _NoTorch(object):
 
 
 def run_mobile_cli(argv: Sequence[str]) -> int:
-    """`ladon-run mobile ARGV` in this process, with torch unimportable."""
+    """`ladon-run mobile ARGV` in this process, as the console script runs it, with torch unimportable."""
     sys.meta_path.insert(0, _NoTorch())
-    from ladon_deploy.cli_support import run_command
-    from ladon_deploy.runtime.cli import PROG, main as run_main
+    from ladon_deploy.runtime import run
 
-    return run_command(PROG, run_main, ["mobile"] + list(argv))
+    return run(["mobile"] + list(argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,26 +1,26 @@
 """`ladon-run mobile`: image -> payload file, or -> ladon-serve and back (--server); the device's half of `ladon-run`
 (the parser is runtime/cli.py).
 
-Edge subset: Python 3.6-clean, never imports torch.
+Edge subset: Python 3.6-clean, never imports torch. The HTTP client (http.client, ssl, email) and the radio link's
+modules are imported by the functions that use them: a plain `ladon-run mobile` would otherwise hold 4-6 MiB of them
+through its peak (docs/device-performance.md; tests/device/test_memory.py checks that it does not).
 """
 import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ladon_deploy.atomic import write_bytes_atomically
 from ladon_deploy.bundle import Bundle, open_bundle
 from ladon_deploy.cli_support import EXIT_USAGE, UsageError, read_token
 from ladon_deploy.device import link
-from ladon_deploy.device.client import InferenceClient, Reply, UnauthorizedError, percentile
-from ladon_deploy.device.pacing import PacedLink
 from ladon_deploy.device.stage import DeviceResult, DeviceStage, parse_tasks, select_tasks
 from ladon_deploy.errors import LadonError
-from ladon_deploy.link import operating_point, transport
-from ladon_deploy.link.loss import parse_loss
-from ladon_deploy.link.plan import duty_cycle_wall, frame_times, implied_region
-from ladon_deploy.link.profiles import get_profile
+
+if TYPE_CHECKING:  # annotations only (see the module docstring)
+    from ladon_deploy.device.client import Reply
+    from ladon_deploy.device.pacing import PacedLink
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -125,7 +125,7 @@ def list_images(directory: str) -> List[str]:
     return [os.path.join(directory, name) for name in names]
 
 
-def served_document(sent: DeviceResult, reply: Reply, started: float, finished: float, pacing: PacedLink
+def served_document(sent: DeviceResult, reply: "Reply", started: float, finished: float, pacing: "PacedLink"
                     ) -> Dict[str, Any]:
     """The document of `ladon-run split --json`, with every timing measured: the device's stages, the upload over
     the socket, the server's compute as the server reported it, end-to-end on the device's clock."""
@@ -149,6 +149,7 @@ def served_document(sent: DeviceResult, reply: Reply, started: float, finished: 
 
 
 def _summary(documents: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    from ladon_deploy.device.client import percentile
     if not documents:
         return {}
     columns = {"device_compute": [sum(d["timings_ms"]["device"].values()) for d in documents],
@@ -187,6 +188,8 @@ def _print_folder_summary(args, documents: List[Dict[str, Any]], failures: List[
 def run_mobile_server(args) -> int:
     """One image, or every image of a folder in turn: a bad image (or a payload the server refuses) is reported on
     its own line and the folder goes on; the summary says how many failed, and any failure makes the exit code 2."""
+    from ladon_deploy.device.client import InferenceClient, UnauthorizedError
+    from ladon_deploy.device.pacing import PacedLink
     pacing = PacedLink(link.parse_rate(args.rate) if args.rate else None, link.parse_duration(args.rtt))
     timeout = link.parse_duration(args.timeout)
     if timeout <= 0:
@@ -271,6 +274,10 @@ def _eval_accuracies(paths: List[str]) -> Dict[str, float]:
 
 
 def run_mobile_frames(args) -> int:
+    from ladon_deploy.link import operating_point, transport
+    from ladon_deploy.link.loss import parse_loss
+    from ladon_deploy.link.plan import duty_cycle_wall, frame_times, implied_region
+    from ladon_deploy.link.profiles import get_profile
     address = transport.parse_frame_url(args.server)
     if args.link is None:
         raise UsageError("--server udp://... needs --link PROFILE (e.g. lora-sf6-bw500; ladon-run link --list)")

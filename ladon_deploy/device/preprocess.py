@@ -525,6 +525,7 @@ def _read_pixels(image: Image.Image, rows: np.ndarray, cols: np.ndarray, convers
     order = np.argsort(rows, kind="stable")
     ascending = rows[order]
     block = np.empty((len(rows), len(cols), 3), dtype=np.uint8)
+    columns = _as_slice(cols)
     done = 0
     for top, bottom in _bands(image, ascending):
         count = int(np.searchsorted(ascending, bottom)) - done
@@ -532,6 +533,26 @@ def _read_pixels(image: Image.Image, rows: np.ndarray, cols: np.ndarray, convers
         # np.asarray(band) would go through Pillow's __array_interface__, whose buffers older Pillow/numpy pairs
         # (8.4 / 1.19, JetPack 4.6) free only at the next garbage collection: 50 MB of bands at 48 MP.
         pixels = np.frombuffer(band.tobytes(), dtype=np.uint8).reshape(bottom - top, image.size[0], 3)
-        block[order[done:done + count]] = pixels[np.ix_(ascending[done:done + count] - top, cols)]
+        band_rows = _as_slice(ascending[done:done + count] - top)
+        destination = _as_slice(order[done:done + count])
+        if band_rows is not None and columns is not None and destination is not None:
+            # Runs of neighbouring rows and columns (all of them when the resize is an identity): plain copies,
+            # 3x faster than the gather below at 416x416, and the same bytes.
+            block[destination] = pixels[band_rows, columns]
+        else:
+            block[order[done:done + count]] = pixels[np.ix_(ascending[done:done + count] - top, cols)]
         done += count
     return block
+
+
+def _as_slice(indices: np.ndarray) -> Optional[slice]:
+    """The slice that selects exactly ``indices`` when they run in steps of +1 or -1, else None."""
+    if len(indices) == 0:
+        return None
+    first, last = int(indices[0]), int(indices[-1])
+    if len(indices) == 1:
+        return slice(first, first + 1)
+    step = 1 if last > first else -1
+    if abs(last - first) != len(indices) - 1 or not np.array_equal(np.diff(indices), np.full(len(indices) - 1, step)):
+        return None
+    return slice(first, last + step if last + step >= 0 else None, step)

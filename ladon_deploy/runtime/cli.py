@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ladon_deploy.atomic import check_writable_file
 from ladon_deploy.bundle import TASK_HEADS, open_bundle
-from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, read_token, run_command
+from ladon_deploy.cli_support import OneLineParser, UsageError, add_version_option, read_token
 from ladon_deploy.device import link, preprocess, wire
 from ladon_deploy.device.cli import (image_settings, open_bundle_stages, print_notes, print_results, print_timings,
                                      run_mobile, timings_ms)
@@ -330,9 +330,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return {"mobile": run_mobile, "server": run_server, "split": run_split}[args.command](args)
 
 
-def entry_point() -> None:
-    sys.exit(run_command(PROG, main))
-
-
 if __name__ == "__main__":
+    from ladon_deploy.runtime import entry_point  # the console script (python -m ladon_deploy.runtime is leaner)
+
     entry_point()

@@ -1,7 +1,7 @@
 """The device half on emulated aarch64: a Jetson's Cortex-A57 cores under QEMU user-mode emulation.
 
     scripts/aarch64.sh -- python -c "import platform; print(platform.machine())"       # aarch64
-    scripts/aarch64.sh -- python -m ladon_deploy.runtime.cli mobile --bundle B --image x.jpg --out x.ldn
+    scripts/aarch64.sh -- python -m ladon_deploy.runtime mobile --bundle B --image x.jpg --out x.ldn
     scripts/aarch64.sh --build                                                         # build only, timed
 
 What runs there, built once and cached (LADON_AARCH64_CACHE, default .cache/aarch64 in the repository):

@@ -32,7 +32,7 @@ class FrameServer(object):
 
     def __init__(self, bundle, extra=()):
         self.port = _free_udp_port()
-        command = [sys.executable, "-m", "ladon_deploy.runtime.cli", "server", "--bundle", bundle, "--frames-port",
+        command = [sys.executable, "-m", "ladon_deploy.runtime", "server", "--bundle", bundle, "--frames-port",
                    str(self.port), "--json", "--wait", "120s"] + list(extra)
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         start_new_session=True, universal_newlines=True)
@@ -63,7 +63,7 @@ def split_result(demo_bundle, photo):
 
 
 def run_command_json(argv):
-    output = subprocess.run([sys.executable, "-m", "ladon_deploy.runtime.cli"] + argv, stdout=subprocess.PIPE,
+    output = subprocess.run([sys.executable, "-m", "ladon_deploy.runtime"] + argv, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
     assert output.returncode == 0, output.stderr
     return json.loads(output.stdout)
