@@ -60,7 +60,8 @@ def time_stages(bundle_dir: str, image_path: str, runs: int, threads: Optional[i
     rows = []
     for stage, feeds in stage_inputs(bundle_dir, image_path, threads).items():
         fp32 = OnnxRuntimeRunner(bundle.path(stage), threads=threads)
-        quantized = OnnxRuntimeRunner(bundle.engine_path("cpu", stage, "int8", "onnx"), threads=threads)
+        quantized = OnnxRuntimeRunner(bundle.engine_path("cpu", stage, "int8", "onnx"), threads=threads,
+                                      quantized=True)
         fp32_ms, int8_ms = alternate(lambda: fp32.run(feeds), lambda: quantized.run(feeds), runs)
         rows.append({"stage": stage, "fp32_ms": fp32_ms, "int8_ms": int8_ms, "ratio": int8_ms / fp32_ms})
         fp32.close()

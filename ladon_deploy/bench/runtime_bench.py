@@ -14,8 +14,8 @@ intra-op threads; printed). Reported:
   - the server stage (rANS decode, body once, three heads) against the authors' PyTorch pipeline in eager mode: the
     unsplit model's EntropyBottleneck.decompress, bottleneck decoder + ResNet layers, and the three heads;
   - entropy encode + decode against the encoder; end-to-end against the sum of its stages (the glue's overhead);
-  - peak RSS of a mobile-only process (a separate interpreter, measured by the OS) against a process that imports
-    torch and compressai.
+  - peak RSS of `ladon-run mobile` (a separate process, measured by the OS; bench/memory.py) against a process that
+    imports torch and compressai.
 PyTorch-eager numbers use a randomly initialised model of the same architecture: time does not depend on weights
 (detection's box count does: both sides keep torchvision's thresholds, and the eager heads see random weights).
 """
@@ -28,20 +28,9 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ladon_deploy.bench.device_bench import make_bench_image
-from ladon_deploy.bench.memory import measure, python_command
+from ladon_deploy.bench.memory import device_peak, measure, python_command
 from ladon_deploy.device.client import percentile
 
-MOBILE_ONLY = """
-import sys
-from ladon_deploy.bundle import open_bundle
-from ladon_deploy.device.stage import DeviceStage
-bundle = open_bundle(sys.argv[1], verify=False)
-stage = DeviceStage(bundle, threads=int(sys.argv[3]) if sys.argv[3] != '0' else None)
-for _ in range(int(sys.argv[4])):
-    result = stage.run(sys.argv[2], ('cls', 'det', 'seg'))
-assert not any(m.split('.')[0] == 'torch' for m in sys.modules), 'torch was imported'
-print(len(result.payload))
-"""
 
 TORCH_AND_COMPRESSAI = "import torch, compressai; print(torch.__version__)"
 
@@ -186,7 +175,7 @@ def ratio_spread(numerator: Sequence[float], denominator: Sequence[float]) -> Di
 
 
 def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: int, image: Optional[str],
-        memory_repeats: int = 3, band_rows: Optional[int] = None, precision: Optional[str] = None,
+        band_rows: Optional[int] = None, precision: Optional[str] = None,
         device_only: bool = False, profile: bool = False) -> int:
     from ladon_deploy.bundle import open_bundle
     from ladon_deploy.device.stage import DeviceStage
@@ -237,9 +226,10 @@ def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: int, imag
         samples.setdefault("end_to_end (wall)", []).append(time.perf_counter() - started)
         samples.setdefault("sum of stages", []).append(sum(device.timings.values()) + sum(split.timings.values()))
 
-    mobile_peak = measure(python_command(MOBILE_ONLY, bundle_dir, image, str(threads), str(memory_repeats)))
-    if mobile_peak.returncode != 0:
-        print(mobile_peak.stderr, file=sys.stderr)
+    try:  # the device process as bench/memory.py measures it: `ladon-run mobile`, torch unimportable
+        mobile_peak_bytes = device_peak(bundle_dir, image, ["--threads", str(threads)])["peak_rss_bytes"]
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return 1
     torch_peak = measure(python_command(TORCH_AND_COMPRESSAI))
 
@@ -248,6 +238,13 @@ def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: int, imag
           "(set_num_threads), ONNX Runtime intra-op %d, encoder %s, band rows %s, payload %d bytes" % (
               os.path.basename(os.path.abspath(bundle_dir)), bundle.bundle_id, size, size, repeats, warmup,
               threads, threads, mobile.engines["encoder"], mobile.band_rows or "0 (whole image)", len(sent.payload)))
+    if precision == "int8":  # what the speed costs: the payload's symbols against the FP32 encoder's, this image
+        reference = DeviceStage(bundle, threads=threads, band_rows=band_rows)
+        tensor = mobile.preprocess(image).tensor
+        agreement = float((mobile.coder.quantize(mobile.encode(tensor))
+                           == reference.coder.quantize(reference.encode(tensor))).mean())
+        reference.close()
+        print("INT8 encoder: symbol agreement with the FP32 encoder on this image %.5f" % agreement)
     load = os.getloadavg()[0]
     cores = os.cpu_count() or 1
     print("load average %.1f on %d cores at the end%s" % (load, cores, (
@@ -277,18 +274,22 @@ def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: int, imag
     if not device_only:
         print_server_ratios(median, tasks)
     if profile:
-        nodes = profile_encoder(bundle.path("encoder"), threads, mobile.preprocess(image).tensor, repeats)
+        from ladon_deploy.engines.registry import int8_model
+
+        encoder_path = int8_model(bundle, "encoder") if precision == "int8" else bundle.path("encoder")
+        nodes = profile_encoder(encoder_path, threads, mobile.preprocess(image).tensor, repeats)
         total = sum(row[2] for row in nodes)
         print()
-        print("| encoder node (FP32, whole image, ONNX Runtime profiler) | op | median ms | share |")
+        print("| encoder node (%s, whole image, ONNX Runtime profiler) | op | median ms | share |"
+              % ("INT8" if precision == "int8" else "FP32"))
         print("| --- | --- | ---: | ---: |")
         for op, node, milliseconds in nodes:
             print("| %s | %s | %.2f | %.1f%% |" % (node, op, milliseconds, 100.0 * milliseconds / total))
     print()
-    print("| peak RSS (FP32 device stage, default bands) | value |")
+    print("| peak RSS (`ladon-run mobile`, FP32, default bands, one image) | value |")
     print("| --- | ---: |")
-    print("| mobile-only process / import torch + compressai | %.3f (%.1f MB / %.1f MB) |" % (
-        mobile_peak.peak_rss_bytes / torch_peak.peak_rss_bytes, mobile_peak.peak_rss_mb, torch_peak.peak_rss_mb))
+    print("| device process / a process that imports torch + compressai | %.3f (%.1f MB / %.1f MB) |" % (
+        mobile_peak_bytes / torch_peak.peak_rss_bytes, mobile_peak_bytes / 1e6, torch_peak.peak_rss_mb))
     return 0
 
 
@@ -318,7 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device-only", action="store_true",
                         help="only the device stage against the authors' mobile pipeline (no server half)")
     parser.add_argument("--profile", action="store_true",
-                        help="also ONNX Runtime's profiler on the FP32 encoder: time per node")
+                        help="also ONNX Runtime's profiler on the encoder (the --precision one, whole image): time "
+                             "per node")
     parser.add_argument("--precision", choices=["fp32", "int8"], default=None,
                         help="int8: the bundle's INT8 models (ladon-build --target cpu --precision int8)")
     args = parser.parse_args(argv)

@@ -184,10 +184,10 @@ def qdq_activation_scales(qdq_path: str, allowed: Sequence[str]) -> "OrderedDict
 
 
 # -------------------------------------------------------------------------------------------------- runners
-def _session(path: str, threads: Optional[int]) -> Any:
+def _session(path: str, threads: Optional[int], quantized: bool = False) -> Any:
     from ladon_deploy.engines.ort_runner import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, threads=threads)
+    return OnnxRuntimeRunner(path, threads=threads, quantized=quantized)  # as the runtime opens them (registry.py)
 
 
 class Fp32Chain:
@@ -390,8 +390,8 @@ def quantize_with_gdn_choice(chain: Fp32Chain, bundle: Bundle, stage: str, form:
     quantize(output, everything)
     samples = _sample_inputs(chain, stage, bundle, paths)
     reference = chain.runners[stage] if stage in chain.runners else _session(bundle.path(stage), threads)
-    quantized_error = _outputs_error(_session(with_gdn, threads), reference, samples, stage)
-    kept_error = _outputs_error(_session(output, threads), reference, samples, stage)
+    quantized_error = _outputs_error(_session(with_gdn, threads, quantized=True), reference, samples, stage)
+    kept_error = _outputs_error(_session(output, threads, quantized=True), reference, samples, stage)
     measured = "relative L2 of the stage's outputs on %d calibration images: %.4f with GDN in int8, %.4f with GDN in " \
                "FP32" % (len(samples), quantized_error, kept_error)
     if quantized_error > GDN_ERROR_FACTOR * kept_error:
@@ -408,7 +408,7 @@ class Int8Chain:
 
     def __init__(self, chain: Fp32Chain, int8_paths: Dict[str, str], threads: Optional[int]) -> None:
         self.fp32 = chain
-        self.int8 = {stage: _session(path, threads) for stage, path in int8_paths.items()}
+        self.int8 = {stage: _session(path, threads, quantized=True) for stage, path in int8_paths.items()}
 
     def runner(self, stage: str) -> Any:
         return self.int8.get(stage) or self.fp32.runners[stage]

@@ -35,15 +35,17 @@ def _check_engine(engine: str) -> None:
 
 
 def open_runner(path: str, engine: str = "onnxruntime", threads: Optional[int] = None,
-                cache_dir: Optional[str] = None, precision: str = "fp32") -> Runner:
-    """Loads one ONNX file with an ONNX Runtime engine (cache_dir: the TensorRT provider's engine cache)."""
+                cache_dir: Optional[str] = None, precision: str = "fp32", quantized: bool = False) -> Runner:
+    """Loads one ONNX file with an ONNX Runtime engine (cache_dir: the TensorRT provider's engine cache; quantized:
+    the file is one of ladon-build's INT8 models)."""
     _check_engine(engine)
     if engine == "tensorrt":
         raise EngineError("engine tensorrt runs the engines ladon-build wrote into a bundle, not a bare ONNX file "
                           "(%s): use onnxruntime-tensorrt for that" % path)
     from ladon_deploy.engines.ort_runner import OnnxRuntimeRunner, engine_providers
 
-    runner = OnnxRuntimeRunner(path, threads=threads, providers=engine_providers(engine, cache_dir, precision))
+    runner = OnnxRuntimeRunner(path, threads=threads, providers=engine_providers(engine, cache_dir, precision),
+                               quantized=quantized)
     runner.name = engine
     return runner
 
@@ -137,7 +139,7 @@ def open_choice(bundle: Bundle, choice: StageChoice, threads: Optional[int] = No
         # ONNX Runtime runs INT8 as the quantized model itself; its providers then run at their fp32 settings.
         source = int8_model(bundle, choice.stage) if precision == "int8" else bundle.path(choice.stage)
         provider_precision = "fp32" if precision in (None, "int8") else precision
-        runner = open_runner(source, choice.engine, threads, cache, provider_precision)
+        runner = open_runner(source, choice.engine, threads, cache, provider_precision, quantized=precision == "int8")
     else:
         from ladon_deploy.engines.tensorrt_runner import TensorRTRunner
 

@@ -210,6 +210,39 @@ def test_int8_payloads_decode_on_fp32_servers_and_back(bundle_copy, cpu_report, 
 
 
 @pytest.mark.slow
+def test_int8_encoder_runs_without_qdq_rewrites_and_gives_the_same_latent(bundle_copy, cpu_report, photos, tmp_path):
+    """ONNX Runtime's QDQ rewrites copy the DequantizeLinear in front of the GDN's Abs and Div; the runtime and the
+    fidelity report open ladon-build's INT8 models with them off: the same latent, one pass fewer."""
+    import onnxruntime
+
+    from ladon_deploy.calibration.data import list_images
+    from ladon_deploy.device.stage import DeviceStage
+
+    bundle = open_bundle(bundle_copy, verify=False)
+    path = bundle.engine_path("cpu", "encoder", "int8", "onnx")
+    device = DeviceStage(bundle, threads=2, precision="int8", band_rows=0)
+    options = device.encoder._session.get_session_options()
+    assert options.get_session_config_entry("session.disable_quant_qdq") == "1"
+    tensor = device.preprocess(list_images(photos)[0]).tensor
+    ours = device.encode(tensor)
+
+    def optimized(disable):
+        settings = onnxruntime.SessionOptions()
+        settings.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        settings.optimized_model_filepath = str(tmp_path / ("%s.onnx" % disable))
+        if disable:
+            settings.add_session_config_entry("session.disable_quant_qdq", "1")
+        session = onnxruntime.InferenceSession(path, settings, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(settings.optimized_model_filepath).graph.node
+        return session.run(None, {"image": tensor})[0], sum(n.op_type == "DequantizeLinear" for n in nodes)
+
+    default_latent, default_dequantize = optimized(False)
+    off_latent, off_dequantize = optimized(True)
+    assert np.array_equal(ours, default_latent) and np.array_equal(off_latent, default_latent)
+    assert off_dequantize < default_dequantize
+
+
+@pytest.mark.slow
 def test_ladon_run_split_runs_int8(bundle_copy, cpu_report, photos, capsys):
     from ladon_deploy.calibration.data import list_images
     from ladon_deploy.runtime.cli import main
