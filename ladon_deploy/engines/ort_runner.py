@@ -126,7 +126,7 @@ class OnnxRuntimeRunner(Runner):
             # A QOperator model leaves ONNX Runtime's QDQ rewrites nothing to fuse; one of them still gives each
             # consumer of a DequantizeLinear its own copy (the GDN's input feeds both Abs and Div): one more pass over
             # the encoder's largest tensor, 14.8 -> 13.4 ms at 416x416, outputs bit for bit the same
-            # (tests/engines/test_registry.py).
+            # (tests/calibration/test_int8_build.py).
             options.add_session_config_entry("session.disable_quant_qdq", "1")
         wanted = list(providers) if providers else ["CPUExecutionProvider"]
         check_providers(wanted, onnxruntime.get_available_providers())
