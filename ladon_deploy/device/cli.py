@@ -2,8 +2,8 @@
 (the parser is runtime/cli.py).
 
 Edge subset: Python 3.6-clean, never imports torch. The HTTP client (http.client, ssl, email) and the radio link's
-modules are imported by the functions that use them: a plain `ladon-run mobile` would otherwise hold 4-6 MiB of them
-through its peak (docs/device-performance.md; tests/device/test_memory.py checks that it does not).
+modules are imported by the functions that use them: a plain `ladon-run mobile` would otherwise hold 2.3 MB of them
+through its peak (docs/device-performance.md; tests/device/test_footprint.py checks that it does not).
 """
 import json
 import os
