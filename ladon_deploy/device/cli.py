@@ -15,7 +15,7 @@ from ladon_deploy.atomic import write_bytes_atomically
 from ladon_deploy.bundle import Bundle, open_bundle
 from ladon_deploy.cli_support import EXIT_USAGE, UsageError, read_token
 from ladon_deploy.device import link
-from ladon_deploy.device.stage import DeviceResult, DeviceStage, parse_tasks, select_tasks
+from ladon_deploy.device.stage import DeviceResult, DeviceStage, parse_tasks, select_tasks, timings_ms
 from ladon_deploy.errors import LadonError
 
 if TYPE_CHECKING:  # annotations only (see the module docstring)
@@ -30,10 +30,6 @@ def open_bundle_stages(bundle_dir: str, stages: List[str]) -> Bundle:
     bundle = open_bundle(bundle_dir, verify=False)
     bundle.verify(stages)
     return bundle
-
-
-def timings_ms(timings: Dict[str, float]) -> Dict[str, float]:
-    return {name: round(seconds * 1000.0, 3) for name, seconds in timings.items()}
 
 
 def print_timings(timings: Dict[str, float], engines: Optional[Dict[str, str]] = None) -> None:
@@ -160,12 +156,15 @@ def _summary(documents: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
                 for name, values in columns.items())
 
 
-def _failure(path: str, exc: LadonError) -> Dict[str, str]:
-    """One image's error, its message without the path it starts with (the document names the image)."""
+def _record_failure(failures: List[Dict[str, str]], path: str, exc: LadonError) -> None:
+    """One image of a folder failed: its own line on stderr (named without its directory) and an entry in
+    `failures` whose message drops the path it starts with (the entry names the image)."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if message.startswith(path + ": "):
         message = message[len(path) + 2:]
-    return {"image": path, "error": message}
+    failures.append({"image": path, "error": message})
+    sys.stderr.write("%s: error: %s\n" % (os.path.basename(path), message))
+    sys.stderr.flush()
 
 
 def _print_folder_summary(args, documents: List[Dict[str, Any]], failures: List[Dict[str, str]]) -> int:
@@ -217,9 +216,7 @@ def run_mobile_server(args) -> int:
             except LadonError as exc:
                 if args.images is None:
                     raise
-                failures.append(_failure(path, exc))
-                sys.stderr.write("%s: error: %s\n" % (os.path.basename(path), failures[-1]["error"]))
-                sys.stderr.flush()
+                _record_failure(failures, path, exc)
                 continue
             document = served_document(sent, reply, started, time.perf_counter(), pacing)
             document["image"] = path
@@ -333,8 +330,7 @@ def run_mobile_frames(args) -> int:
         except LadonError as exc:
             if args.images is None:
                 raise
-            failures.append(_failure(path, exc))
-            sys.stderr.write("%s: error: %s\n" % (os.path.basename(path), failures[-1]["error"]))
+            _record_failure(failures, path, exc)
             continue
         device = sent[chosen.name]
         times = frame_times(profile, region, len(payload), key is not None)
@@ -346,7 +342,7 @@ def run_mobile_frames(args) -> int:
         document["link"] = dict(report.as_dict(), payload_bytes=len(payload),
                                 model_airtime_s=sum(times),
                                 model_duty_cycle_wall_s=duty_cycle_wall(times, region) if duty else sum(times))
-        document["timings_ms"] = {"device": {k: round(v * 1e3, 3) for k, v in device.timings.items()},
+        document["timings_ms"] = {"device": timings_ms(device.timings),
                                   "server": answer.get("timings_ms", {}),
                                   "end_to_end": round((time.perf_counter() - started) * 1e3, 3)}
         documents.append(document)

@@ -553,6 +553,6 @@ def _as_slice(indices: np.ndarray) -> Optional[slice]:
     if len(indices) == 1:
         return slice(first, first + 1)
     step = 1 if last > first else -1
-    if abs(last - first) != len(indices) - 1 or not np.array_equal(np.diff(indices), np.full(len(indices) - 1, step)):
+    if not (np.diff(indices) == step).all():
         return None
     return slice(first, last + step if last + step >= 0 else None, step)

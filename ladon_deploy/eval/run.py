@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from ladon_deploy.atomic import write_text_atomically
 from ladon_deploy.bundle import Bundle, open_bundle
-from ladon_deploy.device.stage import DeviceStage
+from ladon_deploy.device.stage import DeviceStage, timings_ms
 from ladon_deploy.errors import LadonError
 from ladon_deploy.eval import datasets, metrics
 from ladon_deploy.server.stage import ServerStage
@@ -95,8 +95,8 @@ def measure(pipeline: SplitPipeline, dataset: datasets.Dataset, sample: datasets
         ("bits", bits), ("bpp", bits / float(original[0] * original[1]))])
     record.update(task_record(dataset.task, ran["result"], target))
     record["timings_ms"] = {"view": round(view_seconds * 1000.0, 3),
-                            "device": {k: round(v * 1000.0, 3) for k, v in ran["device_timings"].items()},
-                            "server": {k: round(v * 1000.0, 3) for k, v in ran["server_timings"].items()}}
+                            "device": timings_ms(ran["device_timings"]),
+                            "server": timings_ms(ran["server_timings"])}
     return record
 
 

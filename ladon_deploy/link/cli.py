@@ -4,14 +4,14 @@
     ladon-run link --profile lora-sf6-bw500 --bytes 5900 --region eu868 [--loss 0.05 --repair 0.1] [--json]
     ladon-run link --profile lora-sf6-bw500 --profile eu868-dr5 --bytes 4000,16600,120000     # a table
 
-Edge subset: Python 3.6-clean, standard library only.
+Edge subset: Python 3.6-clean. `ladon-run` builds this parser for every command, `mobile` included, so the
+planner (and through it the frame codec and its GF(256) tables) is imported only when `link` runs.
 """
 import argparse
 import json
 from typing import Any, Dict, List
 
 from ladon_deploy.cli_support import UsageError
-from ladon_deploy.link.plan import cost_table, implied_region, link_cost
 from ladon_deploy.link.profiles import PROFILES, get_profile
 
 DEFAULT_REPAIR = 0.1
@@ -35,6 +35,8 @@ def add_link_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_link(args: argparse.Namespace) -> Dict[str, Any]:
     """Prints the answer and returns it."""
+    from ladon_deploy.link.plan import cost_table, implied_region, link_cost
+
     if args.list:
         rows = [{"profile": p.name, "bit_rate": p.bit_rate, "max_frame_payload": p.max_frame_payload,
                  "region": p.region, "description": p.description} for p in PROFILES.values()]

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ladon_deploy.atomic import check_writable_file
 from ladon_deploy.bundle import TASK_HEADS, open_bundle
@@ -223,13 +223,13 @@ def run_server_frames(args) -> int:
     bundle = open_bundle(args.bundle, verify=False)
     tasks = select_tasks(bundle, parse_tasks(args.tasks))
     stage = _server(args, tasks)
-    answered = []  # type: List[Dict[str, Any]]
+    answered = []  # type: List[Tuple[Dict[str, Any], Dict[str, float]]]  # (document, timings in seconds)
 
     def handle(payload: bytes) -> Dict[str, Any]:
         result = stage.run(payload, tasks if args.tasks else None)
         document = result.to_json(None, args.top_k)
         document["timings_ms"] = timings_ms(result.timings)
-        answered.append(document)
+        answered.append((document, result.timings))
         return document
 
     refused = []  # type: List[str]
@@ -250,12 +250,12 @@ def run_server_frames(args) -> int:
     if not answered:
         raise PayloadError(refused[-1] if refused else "no payload arrived on udp port %d within %s" % (
             args.frames_port, args.wait))
-    document = answered[-1]
+    document, timings = answered[-1]
     if args.json:
         print(json.dumps(document))
     else:
         print_results(document)
-        print_timings({name: value / 1e3 for name, value in document["timings_ms"].items()})
+        print_timings(timings)
     return 0
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from ladon_deploy.bundle import TASK_HEADS, TASKS, Bundle
 from ladon_deploy.device import wire
+from ladon_deploy.device.stage import timings_ms
 from ladon_deploy.engines.base import Runner
 from ladon_deploy.engines.registry import choose_runnable_stage, open_choice, open_runner
 from ladon_deploy.errors import LadonError, PayloadError
@@ -209,8 +210,7 @@ class BatchedServerStage:
                 continue
             for member, result in zip(members, results):
                 document = result.to_json(None, top_k)
-                document["timings_ms"] = {name: round(seconds * 1000.0, 3)
-                                          for name, seconds in result.timings.items()}
+                document["timings_ms"] = timings_ms(result.timings)
                 document["server_compute_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
                 document["batch_size"] = len(members)
                 documents[member[0]] = document

@@ -7,7 +7,7 @@ segmentation (pixel counts; with mask_out the paletted PNG is written there), en
 from typing import Any, Dict, Optional, Sequence, Union
 
 from ladon_deploy.bundle import TASK_HEADS, open_bundle
-from ladon_deploy.device.stage import select_tasks
+from ladon_deploy.device.stage import select_tasks, timings_ms
 from ladon_deploy.server.stage import ServerStage
 
 
@@ -29,7 +29,7 @@ class Server:
         """One payload -> its result document; a bad payload raises PayloadError (a LadonError)."""
         result = self.stage.run(bytes(payload))
         document = result.to_json(mask_out, top_k)
-        document["timings_ms"] = {name: round(seconds * 1000.0, 3) for name, seconds in result.timings.items()}
+        document["timings_ms"] = timings_ms(result.timings)
         return document
 
     def close(self) -> None:

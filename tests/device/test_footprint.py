@@ -21,7 +21,7 @@ from images import make_image
 
 # Modules only `--server` (HTTP) or `--server udp://` (frames) needs; a plain `ladon-run mobile` must not load them.
 NETWORK_MODULES = ("http.client", "ssl", "email.parser", "ladon_deploy.device.client", "ladon_deploy.link.transport",
-                   "ladon_deploy.link.operating_point")
+                   "ladon_deploy.link.operating_point", "ladon_deploy.link.frames", "ladon_deploy.link.erasure")
 
 REPORT = """
 def report():
