@@ -38,10 +38,11 @@ def print_timings(timings: Dict[str, float], engines: Optional[Dict[str, str]] =
         print(("  %-16s %8.2f ms  %s" % (name, seconds * 1000.0, (engines or {}).get(name, ""))).rstrip())
 
 
-def image_settings(args) -> Dict[str, Any]:
-    """DeviceStage's image options (--no-exif-transpose, --max-megapixels, --fast-decode) from the command line."""
+def stage_settings(args) -> Dict[str, Any]:
+    """DeviceStage's image and memory options (--no-exif-transpose, --max-megapixels, --fast-decode, --band-rows)
+    from the command line."""
     return {"exif_transpose": args.exif_transpose, "max_pixels": int(args.max_megapixels * 1e6),
-            "fast_decode": getattr(args, "fast_decode", False)}
+            "fast_decode": getattr(args, "fast_decode", False), "band_rows": getattr(args, "band_rows", None)}
 
 
 def print_notes(notes: Sequence[str]) -> None:
@@ -201,7 +202,7 @@ def run_mobile_server(args) -> int:
     if mask_out and "seg" not in tasks:
         raise UsageError("--mask-out needs the seg task, and this run has only %s" % ",".join(tasks))
     stage = DeviceStage(bundle, engine=args.engine, threads=args.threads, precision=getattr(args, "precision", None),
-                        **image_settings(args))
+                        **stage_settings(args))
     documents = []  # type: List[Dict[str, Any]]
     failures = []  # type: List[Dict[str, str]]
     with InferenceClient(args.server, pacing, timeout_s=timeout, token=token) as client:
@@ -298,7 +299,7 @@ def run_mobile_frames(args) -> int:
     for directory in bundle_dirs:
         bundle = open_bundle_stages(directory, ["encoder", "entropy"])  # the device verifies only what it loads
         stage = DeviceStage(bundle, engine=args.engine, threads=args.threads, precision=args.precision,
-                            **image_settings(args))
+                            **stage_settings(args))
         stages[directory] = (stage, select_tasks(bundle, parse_tasks(args.tasks)))
         candidates.append(operating_point.Candidate(directory, bundle.bundle_id, bundle.manifest.get("beta"),
                                                     accuracy.get(bundle.bundle_id)))
@@ -380,7 +381,7 @@ def run_mobile(args) -> int:
     bundle = open_bundle_stages(args.bundle, ["encoder", "entropy"])
     tasks = select_tasks(bundle, parse_tasks(args.tasks))
     stage = DeviceStage(bundle, engine=args.engine, threads=args.threads, precision=getattr(args, "precision", None),
-                        **image_settings(args))
+                        **stage_settings(args))
     result = stage.run(args.image, tasks)
     write_bytes_atomically(args.out, result.payload)
     if args.json:

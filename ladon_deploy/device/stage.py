@@ -6,7 +6,8 @@ returns its per-stage wall-clock timings so that the CLI and the benchmarks repo
 Memory: on ONNX Runtime's CPU engine the encoder runs in horizontal bands (``band_rows`` latent rows each, with
 the halo its convolutions read), which cuts its activations (three 96-channel maps at half the input's resolution:
 50 MB at 416x416) to a band's share. The latent is bit for bit the whole-image run's (tests/device/test_memory.py
-checks it), so payloads do not change; ``band_rows=0`` runs the whole image at once.
+checks it), so payloads do not change; ``band_rows=0`` runs the whole image at once. The last run of an image hands
+the engine's activation memory back to the system, so that it is not resident under the quantizer and the coder.
 
 Edge subset: Python 3.6-clean, never imports torch.
 """
@@ -25,8 +26,11 @@ from ladon_deploy.errors import EngineError, LadonError
 # The encoder's convolutions, (kernel, stride, padding) along the height, from the input up: sc2bench's
 # FPBasedResNetBottleneck for every architecture (the GDNs between them work per pixel).
 ENCODER_CONVOLUTIONS = ((5, 2, 2), (5, 2, 2), (2, 1, 0))
-# Latent rows per encoder band: 4 bands at 416x416, a process peak under 100 MB with 12% more convolution work.
-DEFAULT_BAND_ROWS = 26
+# Latent rows per encoder band: 8 bands at 416x416. Against 26 rows (4 bands), 6 MB less resident at 12% more
+# encoder time (the halo rows each band computes again). ONNX Runtime's arena grows in steps, so the memory is not
+# proportional to the rows: 14 and 15 rows cost 1-5 MB more than 13 at some image widths, 24 rows 11 MB more than
+# 26 (docs/device-performance.md has the sweep).
+DEFAULT_BAND_ROWS = 13
 BANDED_ENGINES = ("onnxruntime",)  # engines that take any input height (a TensorRT engine has fixed shapes)
 
 
@@ -124,8 +128,9 @@ def run_encoder_in_bands(encoder: Any, image: np.ndarray, band_rows: int,
     """The encoder's latent for `image` [1, 3, H, W], computed `band_rows` latent rows at a time."""
     geometry = geometry or EncoderGeometry()
     pieces = []
-    for top, bottom, first, end in geometry.bands(int(image.shape[2]), band_rows):
-        latent = encoder.run({"image": image[:, :, top:bottom]})["latent"]
+    bands = geometry.bands(int(image.shape[2]), band_rows)
+    for index, (top, bottom, first, end) in enumerate(bands):
+        latent = encoder.run({"image": image[:, :, top:bottom]}, release_memory=index == len(bands) - 1)["latent"]
         offset = top // geometry.stride
         expected = geometry.output_rows(bottom - top)
         if latent.shape[2] != expected:
@@ -155,13 +160,16 @@ class DeviceStage(object):
         self.policy = settings["resize"]
         self.mean = tuple(settings["mean"])
         self.std = tuple(settings["std"])
-        self.encoder = open_stage_runner(bundle, "encoder", engine, threads, precision)
-        self.engines = {"encoder": self.encoder.engine_label}  # type: Dict[str, str]  # stage -> what ran it
         if band_rows is None:
             band_rows = DEFAULT_BAND_ROWS if engine in BANDED_ENGINES else 0
         if band_rows < 0:
-            raise LadonError("band_rows must be 0 (whole image) or positive, got %d" % band_rows)
+            raise LadonError("band rows must be 0 (whole image) or positive, got %d" % band_rows)
+        if band_rows and engine not in BANDED_ENGINES:
+            raise LadonError("band rows apply to %s only: a %s engine has fixed shapes and runs the whole image"
+                             % (", ".join(BANDED_ENGINES), engine))
         self.band_rows = band_rows
+        self.encoder = open_stage_runner(bundle, "encoder", engine, threads, precision)
+        self.engines = {"encoder": self.encoder.engine_label}  # type: Dict[str, str]  # stage -> what ran it
         self.coder = EntropyCoder.from_tables(bundle.load_entropy_tables())
 
     def preprocess(self, source: Any) -> preprocess.Preprocessed:
@@ -173,7 +181,7 @@ class DeviceStage(object):
         """The encoder's latent for a preprocessed [1, 3, H, W] tensor (in bands where the stage is set to)."""
         if self.band_rows:
             return run_encoder_in_bands(self.encoder, tensor, self.band_rows)
-        return self.encoder.run({"image": tensor})["latent"]
+        return self.encoder.run({"image": tensor}, release_memory=True)["latent"]
 
     def run(self, source: Any, tasks: Sequence[str]) -> DeviceResult:
         clock = Clock()

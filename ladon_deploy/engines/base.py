@@ -22,7 +22,10 @@ class Runner(object):
     def output_names(self) -> List[str]:
         raise NotImplementedError
 
-    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, feeds: Dict[str, np.ndarray], release_memory: bool = False) -> Dict[str, np.ndarray]:
+        """The outputs for `feeds`. release_memory: once this run ends, hand the memory the engine keeps for
+        activations between runs back to the system (the next run allocates it again); engines that hold theirs for
+        their whole life (TensorRT) ignore it."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -115,7 +115,8 @@ class TensorRTRunner(Runner):
             self._device[name] = (pointer, capacity)
         return pointer
 
-    def run(self, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def run(self, feeds: Dict[str, np.ndarray], release_memory: bool = False) -> Dict[str, np.ndarray]:
+        # release_memory is ignored: the execution context and the buffers below live as long as the runner.
         if self._engine is None:
             raise EngineError("runner is closed")
         inputs = self.input_names

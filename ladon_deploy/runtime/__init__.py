@@ -9,14 +9,14 @@ from typing import List, Optional, Sequence
 
 
 def run(argv: Sequence[str]) -> int:
-    """`ladon-run ARGV` in this process, returning its exit code. For `mobile` it first leaves OpenSSL out of the
-    process (ladon_deploy/device/footprint.py), which works only before numpy is imported: this module and
-    __main__.py import nothing of the toolkit's at the top."""
+    """`ladon-run ARGV` in this process, returning its exit code. For `mobile` it first leaves OpenSSL and numpy's
+    unused subpackages out of the process (ladon_deploy/device/footprint.py), which works only before numpy is
+    imported: this module and __main__.py import nothing of the toolkit's at the top."""
     argv = list(argv)  # type: List[str]
     if argv[:1] == ["mobile"]:
-        from ladon_deploy.device.footprint import use_builtin_hashes
+        from ladon_deploy.device.footprint import slim_device_process
 
-        use_builtin_hashes()
+        slim_device_process()
     from ladon_deploy.cli_support import run_command
     from ladon_deploy.runtime.cli import PROG, main
 

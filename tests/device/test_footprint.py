@@ -1,5 +1,6 @@
-"""What `ladon-run mobile` leaves out of its process to keep its peak memory down (ladon_deploy/device/footprint.py,
-the lazy imports of device/cli.py), and the copy fast path of the banded preprocessing.
+"""What `ladon-run mobile` leaves out of its process to keep its peak memory down (ladon_deploy/device/footprint.py:
+OpenSSL and numpy's unused subpackages; the lazy imports of device/cli.py), and the copy fast path of the banded
+preprocessing.
 
 Each check runs in a fresh interpreter: what a process has imported cannot be undone in this one.
 """
@@ -16,6 +17,7 @@ from PIL import Image
 
 from ladon_deploy.bundle import open_bundle
 from ladon_deploy.device import preprocess
+from ladon_deploy.device.footprint import DEFERRED_NUMPY_MODULES
 from ladon_deploy.device.stage import DeviceStage
 from images import make_image
 
@@ -27,9 +29,11 @@ REPORT = """
 def report():
     import json, sys
     maps = open("/proc/self/maps").read()
+    # type(), not isinstance(): reading a deferred module's __class__ would run it
     return json.dumps({"libcrypto": "libcrypto" in maps,
                        "hashlib_backend": repr(sys.modules.get("_hashlib", "absent")),
-                       "modules": sorted(m for m in sys.modules if sys.modules[m] is not None)})
+                       "modules": sorted(m for m in sys.modules if sys.modules[m] is not None),
+                       "deferred": sorted(m for m in sys.modules if type(sys.modules[m]).__name__ == "_LazyModule")})
 """
 
 
@@ -74,13 +78,51 @@ def test_builtin_hashes_are_refused_once_hashlib_is_loaded():
     assert found["sha256"] == hashlib.sha256(b"x").hexdigest()
 
 
+def test_numpy_subpackages_are_deferred_until_first_use_and_then_complete():
+    found = _child("""
+        from ladon_deploy.device.footprint import defer_unused_numpy_modules
+        took = defer_unused_numpy_modules()
+        import json
+        import numpy
+        before = json.loads(report())
+        draws = numpy.random.RandomState(7).randint(0, 1000, 5).tolist()
+        masked = float(numpy.ma.masked_array([1.0, 2.0, 4.0], mask=[0, 1, 0]).sum())
+        value = float(numpy.polynomial.Polynomial([1.0, 2.0, 3.0])(2.0))
+        import numpy.random as again  # an import statement after the fact gets the same, now loaded, module
+        after = json.loads(report())
+        print(json.dumps({"took": took, "before": before, "after": after, "draws": draws, "masked": masked,
+                          "value": value, "same": again is numpy.random, "again": again.rand.__name__}))
+    """)
+    assert found["took"] is True
+    assert found["before"]["deferred"] == sorted(DEFERRED_NUMPY_MODULES)
+    assert "secrets" not in found["before"]["modules"]  # numpy.random's own imports waited too
+    assert found["after"]["deferred"] == []
+    assert found["draws"] == np.random.RandomState(7).randint(0, 1000, 5).tolist()
+    assert found["masked"] == 5.0 and found["value"] == 17.0
+    assert found["same"] is True and found["again"] == "rand"
+
+
+def test_numpy_deferral_is_refused_once_numpy_is_loaded():
+    found = _child("""
+        import json
+        import numpy
+        from ladon_deploy.device.footprint import defer_unused_numpy_modules
+        took = defer_unused_numpy_modules()
+        state = json.loads(report())
+        state["took"] = took
+        print(json.dumps(state))
+    """)
+    assert found["took"] is False and found["deferred"] == []
+    assert "numpy.random" in found["modules"]
+
+
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     return make_image(tmp_path_factory.mktemp("footprint") / "photo.jpg", 240, 320, 5)
 
 
-def test_mobile_leaves_out_openssl_and_the_network_modules_and_its_payload_is_unchanged(demo_bundle, photo,
-                                                                                        tmp_path):
+def test_mobile_leaves_out_openssl_numpy_extras_and_network_modules_and_keeps_its_payload(demo_bundle, photo,
+                                                                                         tmp_path):
     out = str(tmp_path / "x.ldn")
     found = _child("""
         import json
@@ -93,6 +135,7 @@ def test_mobile_leaves_out_openssl_and_the_network_modules_and_its_payload_is_un
     assert found["code"] == 0
     assert found["libcrypto"] is False and found["hashlib_backend"] == "None"
     assert not [m for m in NETWORK_MODULES if m in found["modules"]]
+    assert found["deferred"] == sorted(DEFERRED_NUMPY_MODULES)  # nothing on the device path read from them
     assert "numpy" in found["modules"] and "ladon_deploy.device.stage" in found["modules"]  # the report sees imports
     stage = DeviceStage(open_bundle(demo_bundle, verify=False), threads=1)
     try:
@@ -116,6 +159,7 @@ def test_other_commands_keep_openssl():
     """)
     assert found["code"] == 0
     assert found["hashlib_backend"] != "None"
+    assert found["deferred"] == []
 
 
 @pytest.mark.parametrize("indices,expected", [

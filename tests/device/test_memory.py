@@ -12,7 +12,7 @@ from PIL import Image
 
 from ladon_deploy.bench import memory
 from ladon_deploy.bundle import open_bundle
-from ladon_deploy.device.stage import DeviceStage, EncoderGeometry, run_encoder_in_bands
+from ladon_deploy.device.stage import DEFAULT_BAND_ROWS, DeviceStage, EncoderGeometry, run_encoder_in_bands
 from ladon_deploy.errors import EngineError, LadonError
 from images import make_image
 
@@ -88,7 +88,7 @@ def test_banded_payload_equals_whole_image_payload(demo_bundle, photo_416):
     for band_rows in (0, None, 7):
         device = DeviceStage(bundle, threads=2, band_rows=band_rows)
         payloads.append(device.run(photo_416, tuple(bundle.tasks)).payload)
-        assert device.band_rows == {0: 0, None: 26, 7: 7}[band_rows]
+        assert device.band_rows == {0: 0, None: DEFAULT_BAND_ROWS, 7: 7}[band_rows]
         device.close()
     assert payloads[0] == payloads[1] == payloads[2]
 
@@ -112,8 +112,8 @@ class _Shrinking(object):
     def __init__(self, runner):
         self.runner = runner
 
-    def run(self, feeds):
-        return {"latent": self.runner.run(feeds)["latent"][:, :, 1:]}
+    def run(self, feeds, release_memory=False):
+        return {"latent": self.runner.run(feeds, release_memory)["latent"][:, :, 1:]}
 
 
 def test_an_encoder_with_other_geometry_is_refused(stage):
@@ -123,8 +123,13 @@ def test_an_encoder_with_other_geometry_is_refused(stage):
 
 
 def test_negative_band_rows_refused(demo_bundle):
-    with pytest.raises(LadonError, match="band_rows"):
+    with pytest.raises(LadonError, match="band rows must be 0"):
         DeviceStage(open_bundle(demo_bundle, verify=False), band_rows=-1)
+
+
+def test_band_rows_refused_for_an_engine_with_fixed_shapes(demo_bundle):
+    with pytest.raises(LadonError, match="band rows apply to onnxruntime only"):
+        DeviceStage(open_bundle(demo_bundle, verify=False), engine="tensorrt", band_rows=13)
 
 
 @pytest.mark.slow
@@ -157,3 +162,58 @@ def test_memory_table_reports_a_failed_device_run_in_one_line(demo_bundle, tmp_p
     assert memory.main(["--bundle", demo_bundle, "--image", str(tmp_path / "missing.jpg")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such file" in err[0]
+
+
+def test_band_rows_option_of_ladon_run_keeps_the_payload(demo_bundle, photo_416, tmp_path, capsys):
+    from ladon_deploy.cli_support import run_command
+    from ladon_deploy.runtime.cli import PROG, main
+
+    payloads = []
+    for rows in ([], ["--band-rows", "26"], ["--band-rows", "0"]):
+        out = str(tmp_path / ("p%d.ldn" % len(payloads)))
+        assert run_command(PROG, main, ["mobile", "--bundle", demo_bundle, "--image", photo_416, "--out", out,
+                                        "--threads", "2"] + rows) == 0
+        payloads.append(open(out, "rb").read())
+    assert payloads[0] == payloads[1] == payloads[2]
+    capsys.readouterr()
+    assert run_command(PROG, main, ["mobile", "--bundle", demo_bundle, "--image", photo_416, "--out",
+                                    str(tmp_path / "bad.ldn"), "--band-rows", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ladon-run: error: band rows must be 0 (whole image) or positive, got -1"]
+    assert not os.path.exists(str(tmp_path / "bad.ldn"))
+
+
+RELEASE_PROBE = """
+import json, sys
+import numpy as np
+from ladon_deploy.bundle import open_bundle
+from ladon_deploy.engines.registry import open_stage_runner
+
+def rss_mb():
+    with open("/proc/self/status") as status:
+        return [int(line.split()[1]) / 1024.0 for line in status if line.startswith("VmRSS")][0]
+
+runner = open_stage_runner(open_bundle(sys.argv[1], verify=False), "encoder", "onnxruntime", 2)
+image = np.random.RandomState(0).rand(1, 3, 416, 416).astype(np.float32)
+kept = runner.run({"image": image})["latent"]
+held = rss_mb()
+released = runner.run({"image": image}, release_memory=True)["latent"]
+after = rss_mb()
+again = runner.run({"image": image})["latent"]
+print(json.dumps({"held": held, "after": after, "same": bool(np.array_equal(kept, released)
+                                                             and np.array_equal(kept, again))}))
+"""
+
+
+def test_release_memory_hands_the_arena_back_and_changes_no_output(demo_bundle):
+    """The whole 416x416 image at once: three 96-channel maps of 208x208 (50 MB) that the arena keeps after a run,
+    and that a run with release_memory gives back."""
+    import json
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", RELEASE_PROBE, demo_bundle], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["same"] is True
+    assert found["held"] - found["after"] > 30.0, found
