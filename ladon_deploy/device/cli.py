@@ -206,10 +206,10 @@ def run_mobile_server(args) -> int:
     documents = []  # type: List[Dict[str, Any]]
     failures = []  # type: List[Dict[str, str]]
     with InferenceClient(args.server, pacing, timeout_s=timeout, token=token) as client:
-        for path in images:
+        for number, path in enumerate(images):
             started = time.perf_counter()
             try:
-                sent = stage.run(path, tasks)
+                sent = stage.run(path, tasks, release_memory=number == len(images) - 1)
                 reply = client.infer(sent.payload, mask=bool(mask_out))
             except UnauthorizedError as exc:  # the same for every image: the folder stops here
                 raise UsageError("%s (%s)" % (exc, "the token of --token-file is not this server's" if token else
@@ -314,7 +314,7 @@ def run_mobile_frames(args) -> int:
 
         def encode(candidate: operating_point.Candidate) -> Tuple[bytes, float]:
             stage, tasks = stages[candidate.name]
-            result = stage.run(path, tasks)
+            result = stage.run(path, tasks, release_memory=number == len(images) - 1)
             sent[candidate.name] = result
             return result.payload, sum(result.timings.values())
 
@@ -382,7 +382,7 @@ def run_mobile(args) -> int:
     tasks = select_tasks(bundle, parse_tasks(args.tasks))
     stage = DeviceStage(bundle, engine=args.engine, threads=args.threads, precision=getattr(args, "precision", None),
                         **stage_settings(args))
-    result = stage.run(args.image, tasks)
+    result = stage.run(args.image, tasks, release_memory=True)
     write_bytes_atomically(args.out, result.payload)
     if args.json:
         print(json.dumps({"payload": args.out, "payload_bytes": len(result.payload),

@@ -6,8 +6,10 @@ returns its per-stage wall-clock timings so that the CLI and the benchmarks repo
 Memory: on ONNX Runtime's CPU engine the encoder runs in horizontal bands (``band_rows`` latent rows each, with
 the halo its convolutions read), which cuts its activations (three 96-channel maps at half the input's resolution:
 50 MB at 416x416) to a band's share. The latent is bit for bit the whole-image run's (tests/device/test_memory.py
-checks it), so payloads do not change; ``band_rows=0`` runs the whole image at once. The last run of an image hands
-the engine's activation memory back to the system, so that it is not resident under the quantizer and the coder.
+checks it), so payloads do not change; ``band_rows=0`` runs the whole image at once. ``release_memory=True`` (the
+last image of a run) hands the engine's activation memory back once the encoder is done with the image, so that it
+is not resident under the quantizer and the coder; a process that encodes image after image keeps it, because
+giving it back and taking it again fragments the heap (docs/device-performance.md).
 
 Edge subset: Python 3.6-clean, never imports torch.
 """
@@ -124,13 +126,15 @@ class EncoderGeometry(object):
 
 
 def run_encoder_in_bands(encoder: Any, image: np.ndarray, band_rows: int,
-                         geometry: Optional[EncoderGeometry] = None) -> np.ndarray:
-    """The encoder's latent for `image` [1, 3, H, W], computed `band_rows` latent rows at a time."""
+                         geometry: Optional[EncoderGeometry] = None, release_memory: bool = False) -> np.ndarray:
+    """The encoder's latent for `image` [1, 3, H, W], computed `band_rows` latent rows at a time; release_memory:
+    the last band's run hands the engine's activation memory back (Runner.run)."""
     geometry = geometry or EncoderGeometry()
     pieces = []
     bands = geometry.bands(int(image.shape[2]), band_rows)
     for index, (top, bottom, first, end) in enumerate(bands):
-        latent = encoder.run({"image": image[:, :, top:bottom]}, release_memory=index == len(bands) - 1)["latent"]
+        last = index == len(bands) - 1
+        latent = encoder.run({"image": image[:, :, top:bottom]}, release_memory=release_memory and last)["latent"]
         offset = top // geometry.stride
         expected = geometry.output_rows(bottom - top)
         if latent.shape[2] != expected:
@@ -177,18 +181,20 @@ class DeviceStage(object):
                                      max_pixels=self.max_pixels, exif_transpose=self.exif_transpose,
                                      fast_decode=self.fast_decode)
 
-    def encode(self, tensor: np.ndarray) -> np.ndarray:
-        """The encoder's latent for a preprocessed [1, 3, H, W] tensor (in bands where the stage is set to)."""
+    def encode(self, tensor: np.ndarray, release_memory: bool = False) -> np.ndarray:
+        """The encoder's latent for a preprocessed [1, 3, H, W] tensor (in bands where the stage is set to);
+        release_memory: hand the encoder's activation memory back afterwards (the module docstring)."""
         if self.band_rows:
-            return run_encoder_in_bands(self.encoder, tensor, self.band_rows)
-        return self.encoder.run({"image": tensor}, release_memory=True)["latent"]
+            return run_encoder_in_bands(self.encoder, tensor, self.band_rows, release_memory=release_memory)
+        return self.encoder.run({"image": tensor}, release_memory=release_memory)["latent"]
 
-    def run(self, source: Any, tasks: Sequence[str]) -> DeviceResult:
+    def run(self, source: Any, tasks: Sequence[str], release_memory: bool = False) -> DeviceResult:
+        """One image to a framed payload; release_memory=True for the last image a process encodes."""
         clock = Clock()
         # preprocess() has released the decoded photo when it returns: only the small tensor reaches the encoder.
         image = self.preprocess(source)
         clock.lap("preprocess")
-        latent = self.encode(image.tensor)
+        latent = self.encode(image.tensor, release_memory)
         clock.lap("encoder")
         symbols = self.coder.quantize(latent)
         clock.lap("quantize")

@@ -150,8 +150,8 @@ class OnnxRuntimeRunner(Runner):
                                  PROVIDER_INSTALL.get(provider_name(wanted[0]), "check its libraries")))
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
-        # Frees the CPU arena's unused regions when a run ends: a device stage's last encoder band would otherwise
-        # leave the band's activations (7 MB at 416x416) resident under the quantizer and the coder. onnxruntime
+        # Frees the CPU arena's unused regions when a run ends: the last encoder band of a one-image device process
+        # would otherwise leave the band's activations resident under the quantizer and the coder. onnxruntime
         # before 1.11 (JetPack 4.6's 1.10) has no run config entries: there the arena stays.
         self._release = onnxruntime.RunOptions()
         if hasattr(self._release, "add_run_config_entry"):
