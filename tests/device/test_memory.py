@@ -16,11 +16,12 @@ from ladon_deploy.device.stage import DEFAULT_BAND_ROWS, DeviceStage, EncoderGeo
 from ladon_deploy.errors import EngineError, LadonError
 from images import make_image
 
-# `ladon-run mobile` on a 416x416 JPEG peaks at 96.5 MB here (Python 3.11, onnxruntime 1.32; docs/device-performance.md,
-# of which 72 MB are the interpreter, numpy, Pillow, onnxruntime and the session before any pixel); 72 MB on the
-# JetPack 4.6 stack (.venv36). The bound is the issue's, with 33 MB of headroom for other machines' libraries; what
-# the figure is made of is pinned by tests/device/test_footprint.py.
-PEAK_BOUND_416_MB = 130.0
+# `ladon-run mobile` on a 416x416 JPEG peaks at 83.1 MB here, 94-96 MB from a fresh clone whose libraries the page
+# cache maps in larger pieces (Python 3.11, onnxruntime 1.32; docs/device-performance.md, of which 67 MB are the
+# interpreter, numpy, Pillow, onnxruntime and the session before any pixel); 61 MB on the JetPack 4.6 stack
+# (.venv36). The issue's target is 100 MB; the bound leaves 19 MB of headroom over the fresh-clone figure for other
+# machines' libraries. What the figure is made of is pinned by tests/device/test_footprint.py.
+PEAK_BOUND_416_MB = 115.0
 
 
 def _peak(bundle, image):
