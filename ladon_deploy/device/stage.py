@@ -28,10 +28,10 @@ from ladon_deploy.errors import EngineError, LadonError
 # The encoder's convolutions, (kernel, stride, padding) along the height, from the input up: sc2bench's
 # FPBasedResNetBottleneck for every architecture (the GDNs between them work per pixel).
 ENCODER_CONVOLUTIONS = ((5, 2, 2), (5, 2, 2), (2, 1, 0))
-# Latent rows per encoder band: 8 bands at 416x416. Against 26 rows (4 bands), 6 MB less resident at 12% more
+# Latent rows per encoder band: 8 bands at 416x416. Against 26 rows (4 bands), 6 MB less resident at 12-17% more
 # encoder time (the halo rows each band computes again). ONNX Runtime's arena grows in steps, so the memory is not
-# proportional to the rows: 14 and 15 rows cost 1-5 MB more than 13 at some image widths, 24 rows 11 MB more than
-# 26 (docs/device-performance.md has the sweep).
+# proportional to the rows: 14 and 15 rows cost up to 5 MB more than 13 at some image widths, 24 rows 11 MB more
+# than 26 (docs/device-performance.md has the sweep).
 DEFAULT_BAND_ROWS = 13
 BANDED_ENGINES = ("onnxruntime",)  # engines that take any input height (a TensorRT engine has fixed shapes)
 

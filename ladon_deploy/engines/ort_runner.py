@@ -151,10 +151,11 @@ class OnnxRuntimeRunner(Runner):
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
         # Frees the CPU arena's unused regions when a run ends: the last encoder band of a one-image device process
-        # would otherwise leave the band's activations resident under the quantizer and the coder. onnxruntime
-        # before 1.11 (JetPack 4.6's 1.10) has no run config entries: there the arena stays.
+        # would otherwise leave the band's activations resident under the quantizer and the coder. Only on the CPU
+        # provider alone: with CUDA or TensorRT the activations live on the GPU, and the option was never run there.
+        # onnxruntime before 1.11 (JetPack 4.6's 1.10) has no run config entries: there the arena stays.
         self._release = onnxruntime.RunOptions()
-        if hasattr(self._release, "add_run_config_entry"):
+        if hasattr(self._release, "add_run_config_entry") and self.providers == ["CPUExecutionProvider"]:
             self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         else:
             self._release = None

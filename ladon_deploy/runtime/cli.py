@@ -67,7 +67,7 @@ def build_parser() -> OneLineParser:
                               "but not the evaluated preprocessing (the payload changes)")
         sub.add_argument("--band-rows", type=int, default=None, metavar="ROWS",
                          help="latent rows per encoder band on ONNX Runtime (default " + str(DEFAULT_BAND_ROWS) +
-                              ", for the least memory; 26: about 12%% faster and 6 MB more at 416x416; 0: the whole "
+                              ", for the least memory; 26: 12-17%% faster and 6 MB more at 416x416; 0: the whole "
                               "image at once). The payload is the same for every value")
 
     def result_options(sub: OneLineParser) -> None:
