@@ -101,23 +101,30 @@ def device_peak(bundle_dir: str, image: str, options: Sequence[str] = (), python
             "payload_sha256": hashlib.sha256(payload).hexdigest()}
 
 
+def payload_symbols(stage: Any, result: Any) -> Any:
+    """The symbols a DeviceStage's payload carries, read back from its bytes (rANS is lossless): what the server
+    will decode, without running the encoder again."""
+    from ladon_deploy.device import wire
+
+    body = wire.unpack(result.payload, expected_bundle_id=stage.bundle.bundle_id).body
+    return stage.coder.decode(body, result.latent_shape)
+
+
 def fast_decode_fidelity(bundle_dir: str, image: str, threads: Optional[int], max_pixels: int) -> Dict[str, Any]:
     """Exact against --fast-decode preprocessing of one image: symbol agreement, payload sizes, top-1 class."""
     from ladon_deploy.bundle import open_bundle
+    from ladon_deploy.calibration.fidelity import symbol_agreement
     from ladon_deploy.device.stage import DeviceStage
-
-    from ladon_deploy.device import wire
 
     bundle = open_bundle(bundle_dir, verify=False)
     runs = {}
     for fast in (False, True):
         stage = DeviceStage(bundle, threads=threads, max_pixels=max_pixels, fast_decode=fast)
         result = stage.run(image, tuple(bundle.tasks))
-        body = wire.unpack(result.payload, expected_bundle_id=bundle.bundle_id).body
-        runs[fast] = (stage.coder.decode(body, result.latent_shape), result)  # the payload's own symbols (lossless)
+        runs[fast] = (payload_symbols(stage, result), result)
         stage.close()
     (exact_symbols, exact), (fast_symbols, fast) = runs[False], runs[True]
-    report = {"symbol_agreement": float((exact_symbols == fast_symbols).mean()),
+    report = {"symbol_agreement": symbol_agreement(fast_symbols, exact_symbols),
               "payload_bytes": (len(exact.payload), len(fast.payload)),
               "preprocess_ms": (exact.timings["preprocess"] * 1e3, fast.timings["preprocess"] * 1e3),
               "notes": fast.notes}

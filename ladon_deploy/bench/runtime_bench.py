@@ -28,7 +28,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ladon_deploy.bench.device_bench import make_bench_image
-from ladon_deploy.bench.memory import device_peak, measure, python_command
+from ladon_deploy.bench.memory import device_peak, measure, payload_symbols, python_command
 from ladon_deploy.device.client import percentile
 
 
@@ -239,10 +239,11 @@ def run(bundle_dir: Optional[str], repeats: int, warmup: int, threads: int, imag
               os.path.basename(os.path.abspath(bundle_dir)), bundle.bundle_id, size, size, repeats, warmup,
               threads, threads, mobile.engines["encoder"], mobile.band_rows or "0 (whole image)", len(sent.payload)))
     if precision == "int8":  # what the speed costs: the payload's symbols against the FP32 encoder's, this image
+        from ladon_deploy.calibration.fidelity import symbol_agreement
+
         reference = DeviceStage(bundle, threads=threads, band_rows=band_rows)
-        tensor = mobile.preprocess(image).tensor
-        agreement = float((mobile.coder.quantize(mobile.encode(tensor))
-                           == reference.coder.quantize(reference.encode(tensor))).mean())
+        agreement = symbol_agreement(payload_symbols(mobile, sent), payload_symbols(reference,
+                                                                                     reference.run(image, tasks)))
         reference.close()
         print("INT8 encoder: symbol agreement with the FP32 encoder on this image %.5f" % agreement)
     load = os.getloadavg()[0]

@@ -154,11 +154,11 @@ class OnnxRuntimeRunner(Runner):
         # would otherwise leave the band's activations resident under the quantizer and the coder. Only on the CPU
         # provider alone: with CUDA or TensorRT the activations live on the GPU, and the option was never run there.
         # onnxruntime before 1.11 (JetPack 4.6's 1.10) has no run config entries: there the arena stays.
-        self._release = onnxruntime.RunOptions()
-        if hasattr(self._release, "add_run_config_entry") and self.providers == ["CPUExecutionProvider"]:
-            self._release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        else:
-            self._release = None
+        self._release = None
+        release = onnxruntime.RunOptions()
+        if hasattr(release, "add_run_config_entry") and self.providers == ["CPUExecutionProvider"]:
+            release.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+            self._release = release
 
     @property
     def input_names(self) -> List[str]:
